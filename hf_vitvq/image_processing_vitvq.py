@@ -317,6 +317,12 @@ class ViTVQImageProcessor(PilBackend):
             **{name: getattr(self, name, None) for name in self._valid_kwargs_names if name != "return_tensors"}
         )
 
+    @classmethod
+    def for_image_size(cls, image_size: int, **kwargs: Any) -> ViTVQImageProcessor:
+        """The processor for a model of `image_size` x `image_size` inputs: resize the short side to `image_size`,
+        centre-crop a square of that size (other settings as `kwargs`)."""
+        return cls(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}, **kwargs)
+
     def __call__(
         self,
         images: ImageInput,
@@ -567,7 +573,9 @@ class ViTVQImageProcessor(PilBackend):
                 f"Images have different sizes after preprocessing ({sorted(shapes)}) and cannot be stacked into "
                 f"one tensor; enable do_center_crop, use size={{'height': h, 'width': w}}, or return_tensors=None."
             )
-        return BatchFeature(data={"pixel_values": np.stack(processed)}, tensor_type=return_tensors)
+        # np.stack keeps the inputs' (channels-last) memory order: make the batch C-contiguous (B, 3, H, W)
+        batch = np.ascontiguousarray(np.stack(processed))
+        return BatchFeature(data={"pixel_values": batch}, tensor_type=return_tensors)
 
     def postprocess(
         self,

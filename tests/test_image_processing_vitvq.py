@@ -484,3 +484,17 @@ def test_postprocess_errors():
         processor.postprocess(torch.full((3, 4, 4), float("nan")))
     with pytest.raises(TypeError, match="torch.Tensor or numpy.ndarray, got list"):
         processor.postprocess([[0.0]])
+
+
+def test_for_image_size_resizes_and_crops_to_the_model_size():
+    processor = ViTVQImageProcessor.for_image_size(32, do_normalize=False)
+    assert processor.size["shortest_edge"] == 32
+    assert (processor.crop_size["height"], processor.crop_size["width"]) == (32, 32)
+    pixel_values = processor(PIL.Image.new("RGB", (90, 50), (255, 0, 0)), return_tensors="pt").pixel_values
+    assert pixel_values.shape == (1, 3, 32, 32)
+    assert pixel_values[0, 0].min().item() == 1.0 and pixel_values[0, 1].max().item() == 0.0
+
+
+def test_batched_pixel_values_are_contiguous():
+    pixel_values = ViTVQImageProcessor.for_image_size(16)([PIL.Image.new("RGB", (20, 30))] * 2, return_tensors="pt")
+    assert pixel_values.pixel_values.is_contiguous()

@@ -1,0 +1,28 @@
+# The README's two commands:
+#   make demo   set up .venv and run the main job on embedded data (no download)
+#   make test   set up .venv and run the test suite (what CI runs)
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint
+
+setup: $(STAMP)
+
+# torch is pinned first: the CPU build of 2.13.0 is what these machines carry; an unpinned torch pulls CUDA.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python training/reconstruct.py --output_dir outputs/demo
+
+test: $(STAMP)
+	HF_HUB_DISABLE_PROGRESS_BARS=1 $(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .

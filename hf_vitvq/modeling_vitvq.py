@@ -1,0 +1,384 @@
+"""PyTorch ViT-VQ: a TiTok-style 1D image tokenizer.
+
+A ViT encoder reads the image patches together with `num_latent_tokens` learned latent tokens; only the latent
+tokens are kept, vector-quantized against a codebook, and a ViT decoder turns the discrete tokens back into an
+image. The computation (and the parameter layout, up to names) is that of the published TiTok implementation
+(Yu et al., arXiv 2406.07550; github.com/bytedance/1d-tokenizer), so its checkpoints convert by renaming keys.
+
+    image (B, 3, H, W) -> ViTVQEncoder -> latents (B, L, D) -> VectorQuantizer -> token_ids (B, L)
+    token_ids -> codes (B, L, D) -> ViTVQDecoder -> reconstruction (B, 3, H, W) in [-1, 1]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput, can_return_tuple
+
+from .configuration_vitvq import TransformerSizes, ViTVQConfig
+from .quantizer_vq import VectorQuantizer
+
+
+@dataclass
+class ViTVQModelOutput(ModelOutput):
+    """Output of [`ViTVQModel.forward`].
+
+    Args:
+        reconstruction (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`):
+            Decoded image, in the range of the model's pixel values ([-1, 1] for the default processor).
+        token_ids (`torch.LongTensor` of shape `(batch_size, num_latent_tokens)`):
+            Index of the code chosen for each latent token.
+        quantized_latents (`torch.FloatTensor` of shape `(batch_size, num_latent_tokens, codebook_dim)`):
+            Codes the decoder read (straight-through: gradients flow to the encoder).
+        codebook_loss (`torch.FloatTensor` of shape `()`): mean((q - sg[z])^2).
+        commitment_loss (`torch.FloatTensor` of shape `()`): commitment_cost * mean((sg[q] - z)^2).
+        quantizer_loss (`torch.FloatTensor` of shape `()`): codebook_loss + commitment_loss.
+        perplexity (`torch.FloatTensor` of shape `()`): exp(entropy) of the codes used in this batch.
+    """
+
+    reconstruction: torch.FloatTensor | None = None
+    token_ids: torch.LongTensor | None = None
+    quantized_latents: torch.FloatTensor | None = None
+    codebook_loss: torch.FloatTensor | None = None
+    commitment_loss: torch.FloatTensor | None = None
+    quantizer_loss: torch.FloatTensor | None = None
+    perplexity: torch.FloatTensor | None = None
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention written out; (B, heads, S, head_dim) inputs, (B, S, heads, head_dim) output."""
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2)
+    return attn_output, attn_weights
+
+
+class ViTVQAttention(nn.Module):
+    """Bidirectional multi-head self-attention with one packed QKV projection (the layout of
+    `nn.MultiheadAttention.in_proj_weight`: rows are [query; key; value])."""
+
+    def __init__(self, config: ViTVQConfig, sizes: TransformerSizes) -> None:
+        super().__init__()
+        self.config = config
+        self.num_heads = sizes.num_attention_heads
+        self.head_dim = sizes.hidden_size // sizes.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout = config.attention_probs_dropout_prob
+        self.is_causal = False
+        self.qkv = nn.Linear(sizes.hidden_size, 3 * sizes.hidden_size)
+        self.out_proj = nn.Linear(sizes.hidden_size, sizes.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        batch_size, seq_len, width = hidden_states.shape
+        # (B, S, 3W) -> (3, B, heads, S, head_dim)
+        qkv = self.qkv(hidden_states).view(batch_size, seq_len, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, _ = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            None,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
+            is_causal=False,
+        )
+        # (B, S, heads, head_dim) -> (B, S, W)
+        return self.out_proj(attn_output.reshape(batch_size, seq_len, width))
+
+
+class ViTVQMLP(nn.Module):
+    """Linear -> exact GELU -> Linear."""
+
+    def __init__(self, config: ViTVQConfig, sizes: TransformerSizes) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(sizes.hidden_size, sizes.intermediate_size)
+        self.activation = nn.GELU()
+        self.fc2 = nn.Linear(sizes.intermediate_size, sizes.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation(self.fc1(hidden_states)))
+
+
+class ViTVQLayer(GradientCheckpointingLayer):
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: ViTVQConfig, sizes: TransformerSizes) -> None:
+        super().__init__()
+        self.layernorm_before = nn.LayerNorm(sizes.hidden_size, eps=config.layer_norm_eps)
+        self.attention = ViTVQAttention(config, sizes)
+        self.layernorm_after = nn.LayerNorm(sizes.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = ViTVQMLP(config, sizes)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = hidden_states + self.dropout(self.attention(self.layernorm_before(hidden_states)))
+        return hidden_states + self.dropout(self.mlp(self.layernorm_after(hidden_states)))
+
+
+class ViTVQTransformer(nn.Module):
+    """LayerNorm, a stack of [`ViTVQLayer`], and the LayerNorm applied to the kept positions."""
+
+    def __init__(self, config: ViTVQConfig, sizes: TransformerSizes) -> None:
+        super().__init__()
+        self.pre_layernorm = nn.LayerNorm(sizes.hidden_size, eps=config.layer_norm_eps)
+        self.layers = nn.ModuleList([ViTVQLayer(config, sizes) for _ in range(sizes.num_hidden_layers)])
+        self.post_layernorm = nn.LayerNorm(sizes.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor, keep: slice) -> torch.Tensor:
+        """Run the stack on (B, S, W) and return the post-normed positions `keep`: (B, S_keep, W)."""
+        hidden_states = self.pre_layernorm(hidden_states)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states)
+        return self.post_layernorm(hidden_states[:, keep])
+
+
+class ViTVQEncoder(nn.Module):
+    """Image patches plus learned latent tokens -> ViT -> the latent positions -> (B, L, codebook_dim)."""
+
+    def __init__(self, config: ViTVQConfig) -> None:
+        super().__init__()
+        sizes = config.encoder_sizes
+        width = sizes.hidden_size
+        num_prefix = int(config.use_class_token)
+        self.num_latent_tokens = config.num_latent_tokens
+        self.patch_embeddings = nn.Conv2d(
+            config.num_channels, width, kernel_size=config.patch_size, stride=config.patch_size
+        )
+        self.class_embedding = nn.Parameter(torch.empty(1, width)) if config.use_class_token else None
+        self.position_embeddings = nn.Parameter(torch.empty(num_prefix + config.num_patches, width))
+        self.latent_tokens = nn.Parameter(torch.empty(config.num_latent_tokens, width))
+        self.latent_position_embeddings = nn.Parameter(torch.empty(config.num_latent_tokens, width))
+        self.transformer = ViTVQTransformer(config, sizes)
+        self.projection = nn.Linear(width, config.codebook_dim)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) pixels -> (B, L, codebook_dim) continuous latents."""
+        batch_size = pixel_values.shape[0]
+        # (B, C, H, W) -> (B, W, grid, grid) -> (B, grid^2, W)
+        patches = self.patch_embeddings(pixel_values).flatten(2).transpose(1, 2)
+        prefix = [] if self.class_embedding is None else [self.class_embedding.expand(batch_size, -1, -1)]
+        image_tokens = torch.cat([*prefix, patches], dim=1) + self.position_embeddings
+        latent_tokens = (self.latent_tokens + self.latent_position_embeddings).expand(batch_size, -1, -1)
+        hidden_states = torch.cat([image_tokens, latent_tokens], dim=1)  # (B, [cls] + grid^2 + L, W)
+        latents = self.transformer(hidden_states, keep=slice(-self.num_latent_tokens, None))  # (B, L, W)
+        return self.projection(latents)
+
+
+class ViTVQDecoder(nn.Module):
+    """Token codes plus one shared mask token per patch -> ViT -> patch positions -> pixels (B, C, H, W)."""
+
+    def __init__(self, config: ViTVQConfig) -> None:
+        super().__init__()
+        sizes = config.decoder_sizes
+        width = sizes.hidden_size
+        num_prefix = int(config.use_class_token)
+        self.grid_size = config.grid_size
+        self.patch_size = config.patch_size
+        self.num_channels = config.num_channels
+        self.embed = nn.Linear(config.codebook_dim, width)
+        self.class_embedding = nn.Parameter(torch.empty(1, width)) if config.use_class_token else None
+        self.mask_token = nn.Parameter(torch.empty(1, 1, width))
+        self.position_embeddings = nn.Parameter(torch.empty(num_prefix + config.num_patches, width))
+        self.latent_position_embeddings = nn.Parameter(torch.empty(config.num_latent_tokens, width))
+        self.transformer = ViTVQTransformer(config, sizes)
+        self.keep = slice(num_prefix, num_prefix + config.num_patches)
+        self.pixel_projection = nn.Linear(width, config.patch_size**2 * config.num_channels)
+        self.conv_out = nn.Conv2d(config.num_channels, config.num_channels, kernel_size=3, padding=1)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, L, codebook_dim) codes -> (B, C, H, W) pixels."""
+        batch_size = codes.shape[0]
+        latent_tokens = self.embed(codes) + self.latent_position_embeddings  # (B, L, W)
+        mask_tokens = self.mask_token.expand(batch_size, self.grid_size**2, -1)
+        prefix = [] if self.class_embedding is None else [self.class_embedding.expand(batch_size, -1, -1)]
+        image_tokens = torch.cat([*prefix, mask_tokens], dim=1) + self.position_embeddings
+        hidden_states = torch.cat([image_tokens, latent_tokens], dim=1)  # (B, [cls] + grid^2 + L, W)
+        patches = self.pixel_projection(self.transformer(hidden_states, keep=self.keep))  # (B, grid^2, p*p*C)
+        return self.conv_out(self.depth_to_space(patches))
+
+    def depth_to_space(self, patches: torch.Tensor) -> torch.Tensor:
+        """(B, grid^2, p*p*C) with channels ordered (p_row, p_col, C) -> (B, C, grid*p, grid*p)."""
+        batch_size, grid, patch, channels = patches.shape[0], self.grid_size, self.patch_size, self.num_channels
+        patches = patches.view(batch_size, grid, grid, patch, patch, channels)
+        # (B, gh, gw, ph, pw, C) -> (B, C, gh, ph, gw, pw)
+        image = patches.permute(0, 5, 1, 3, 2, 4)
+        return image.reshape(batch_size, channels, grid * patch, grid * patch)
+
+
+class ViTVQPreTrainedModel(PreTrainedModel):
+    config_class = ViTVQConfig
+    config: ViTVQConfig
+    base_model_prefix = "vitvq"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ViTVQLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _can_compile_fullgraph = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """TiTok's init: trunc-normal(initializer_range) weights, zero biases, LayerNorm (1, 0); learned tokens
+        and position embeddings ~ N(0, 1/width); codes ~ U(-1/K, 1/K)."""
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):  # the codebook, the model's only embedding table
+            init.uniform_(module.weight, -1.0 / module.num_embeddings, 1.0 / module.num_embeddings)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, (ViTVQEncoder, ViTVQDecoder)):
+            for param in module.parameters(recurse=False):
+                init.normal_(param, mean=0.0, std=param.shape[-1] ** -0.5)
+
+
+class ViTVQModel(ViTVQPreTrainedModel):
+    """The ViT-VQ tokenizer: `encode` images to token ids, `decode` token ids to images, `forward` for training."""
+
+    def __init__(self, config: ViTVQConfig) -> None:
+        super().__init__(config)
+        self.encoder = ViTVQEncoder(config)
+        self.quantize = VectorQuantizer(
+            codebook_size=config.codebook_size,
+            codebook_dim=config.codebook_dim,
+            commitment_cost=config.commitment_cost,
+            use_l2_norm=config.use_l2_norm_codes,
+        )
+        self.decoder = ViTVQDecoder(config)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(self, pixel_values: torch.Tensor, return_dict: bool | None = None) -> ViTVQModelOutput:
+        r"""
+        Encode, quantize and decode a batch of images.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`):
+                Images normalised as [`ViTVQImageProcessor`] does ([-1, 1] by default).
+            return_dict (`bool`, *optional*): return a [`ViTVQModelOutput`] (default) or a plain tuple.
+
+        Returns:
+            [`ViTVQModelOutput`] with the reconstruction, token ids and the quantizer's losses and perplexity.
+        """
+        self._check_pixel_values(pixel_values)
+        quantizer_output = self.quantize(self.encoder(pixel_values))
+        reconstruction = self.decoder(quantizer_output.quantized.to(pixel_values.dtype))
+        return ViTVQModelOutput(
+            reconstruction=reconstruction,
+            token_ids=quantizer_output.indices,
+            quantized_latents=quantizer_output.quantized,
+            codebook_loss=quantizer_output.losses["codebook_loss"],
+            commitment_loss=quantizer_output.losses["commitment_loss"],
+            quantizer_loss=quantizer_output.loss,
+            perplexity=quantizer_output.stats["perplexity"],
+        )
+
+    @torch.inference_mode()
+    def encode(self, pixel_values: torch.Tensor) -> torch.LongTensor:
+        """Tokenize images.
+
+        Args:
+            pixel_values: `(batch_size, num_channels, image_size, image_size)` float images, normalised as
+                [`ViTVQImageProcessor`] does.
+
+        Returns:
+            `(batch_size, num_latent_tokens)` int64 token ids in `[0, codebook_size)`.
+        """
+        self._check_pixel_values(pixel_values)
+        return self.quantize(self.encoder(pixel_values)).indices
+
+    @torch.inference_mode()
+    def decode(self, token_ids: torch.Tensor) -> torch.FloatTensor:
+        """Turn token ids back into images.
+
+        Args:
+            token_ids: `(batch_size, num_latent_tokens)` integer ids in `[0, codebook_size)`.
+
+        Returns:
+            `(batch_size, num_channels, image_size, image_size)` pixel values ([-1, 1] for the default processor;
+            [`ViTVQImageProcessor.postprocess`] turns them into images).
+        """
+        self._check_token_ids(token_ids)
+        return self.decoder(self.quantize.indices_to_codes(token_ids).to(self.dtype))
+
+    @torch.inference_mode()
+    def decode_latents(self, quantized_latents: torch.Tensor) -> torch.FloatTensor:
+        """Decode continuous `(batch_size, num_latent_tokens, codebook_dim)` latents (e.g. codes interpolated by a
+        downstream model, or `ViTVQModelOutput.quantized_latents`) into `(batch_size, C, H, W)` pixel values."""
+        expected = (self.config.num_latent_tokens, self.config.codebook_dim)
+        if quantized_latents.ndim != 3 or tuple(quantized_latents.shape[1:]) != expected:
+            raise ValueError(
+                f"`quantized_latents` must have shape (batch_size, {expected[0]}, {expected[1]}), "
+                f"got {tuple(quantized_latents.shape)}."
+            )
+        return self.decoder(quantized_latents.to(self.dtype))
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        config = self.config
+        expected = f"(batch_size, {config.num_channels}, {config.image_size}, {config.image_size})"
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"`pixel_values` must be a torch.Tensor of shape {expected}, got {type(pixel_values)}.")
+        if not pixel_values.is_floating_point():
+            raise TypeError(
+                f"`pixel_values` must be a floating point tensor, got {pixel_values.dtype}; "
+                "use ViTVQImageProcessor to turn images into normalised pixel values."
+            )
+        if pixel_values.ndim != 4:
+            raise ValueError(f"`pixel_values` must be 4-d {expected}, got shape {tuple(pixel_values.shape)}.")
+        if pixel_values.shape[1] != config.num_channels:
+            raise ValueError(
+                f"`pixel_values` has {pixel_values.shape[1]} channels, the model expects {config.num_channels}: "
+                f"shape {expected}, got {tuple(pixel_values.shape)}."
+            )
+        if tuple(pixel_values.shape[2:]) != (config.image_size, config.image_size):
+            raise ValueError(
+                f"`pixel_values` is {pixel_values.shape[2]}x{pixel_values.shape[3]}, the model expects "
+                f"{config.image_size}x{config.image_size}; resize with ViTVQImageProcessor."
+            )
+
+    def _check_token_ids(self, token_ids: torch.Tensor) -> None:
+        config = self.config
+        if not isinstance(token_ids, torch.Tensor):
+            raise TypeError(f"`token_ids` must be a torch.Tensor of integers, got {type(token_ids)}.")
+        if token_ids.is_floating_point() or token_ids.is_complex() or token_ids.dtype == torch.bool:
+            raise TypeError(f"`token_ids` must be an integer tensor, got {token_ids.dtype}.")
+        if token_ids.ndim != 2 or token_ids.shape[1] != config.num_latent_tokens:
+            raise ValueError(
+                f"`token_ids` must have shape (batch_size, {config.num_latent_tokens}), got {tuple(token_ids.shape)}."
+            )
+        if torch.compiler.is_compiling():
+            return  # the range check reads values back, which would break a compiled graph
+        if token_ids.numel() and (token_ids.min() < 0 or token_ids.max() >= config.codebook_size):
+            raise ValueError(
+                f"`token_ids` must lie in [0, {config.codebook_size}), got values in "
+                f"[{token_ids.min().item()}, {token_ids.max().item()}]."
+            )
+
+
+__all__ = ["ViTVQModel", "ViTVQPreTrainedModel", "ViTVQModelOutput"]

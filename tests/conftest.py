@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny configs, real photos from ../shared/data/photos, and a quiet, offline environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PHOTOS_DIR = REPO_ROOT.parent / "shared" / "data" / "photos"
+
+
+def tiny_config_kwargs(**overrides: object) -> dict:
+    """A ViTVQConfig small enough for 2 CPU cores, with odd sizes so that mixed-up dimensions show."""
+    kwargs = {
+        "image_size": 32,
+        "patch_size": 8,
+        "encoder_hidden_size": 64,
+        "encoder_num_hidden_layers": 2,
+        "encoder_num_attention_heads": 4,
+        "encoder_mlp_ratio": 2.0,
+        "decoder_hidden_size": 48,
+        "decoder_num_hidden_layers": 2,
+        "decoder_num_attention_heads": 3,
+        "decoder_mlp_ratio": 3.0,
+        "num_latent_tokens": 7,
+        "codebook_size": 37,
+        "codebook_dim": 5,
+    }
+    kwargs.update(overrides)
+    return kwargs
+
+
+@pytest.fixture
+def tiny_config():
+    from hf_vitvq import ViTVQConfig
+
+    return ViTVQConfig(**tiny_config_kwargs())
+
+
+@pytest.fixture(scope="session")
+def photo_paths() -> list[Path]:
+    """The shared real photos (sorted); tests that need them skip when the folder is absent."""
+    if not PHOTOS_DIR.is_dir():
+        pytest.skip(f"real photos not found at {PHOTOS_DIR}")
+    return sorted(PHOTOS_DIR.glob("*.jpg"))

@@ -1,0 +1,80 @@
+"""Tokenize images with a ViT-VQ model and write originals above reconstructions as one PNG.
+
+    python training/reconstruct.py --model outputs/demo/final --output_dir outputs/reconstruct
+    python training/reconstruct.py --model tiny   # an untrained preset: shows the plumbing, not quality
+
+Without `--images`, it uses the sample photos that ship with scikit-image (no download).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from hf_vitvq import ViTVQConfig, ViTVQImageProcessor, ViTVQModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sample_data import skimage_photos  # noqa: E402
+
+
+def comparison_grid(originals: list[Image.Image], reconstructions: list[Image.Image]) -> Image.Image:
+    """One image: `originals` in the top row, `reconstructions` below them, all the size of the first."""
+    width, height = originals[0].size
+    grid = Image.new("RGB", (width * len(originals), 2 * height))
+    for column, (original, reconstruction) in enumerate(zip(originals, reconstructions, strict=True)):
+        grid.paste(original.resize((width, height)), (column * width, 0))
+        grid.paste(reconstruction.resize((width, height)), (column * width, height))
+    return grid
+
+
+def load_model(name_or_path: str) -> tuple[ViTVQModel, ViTVQImageProcessor]:
+    """A trained model folder (or Hub id), or an untrained preset such as `tiny`."""
+    if name_or_path in ViTVQConfig.presets():
+        model = ViTVQModel(ViTVQConfig.from_preset(name_or_path))
+        return model, ViTVQImageProcessor.for_image_size(model.config.image_size)
+    return ViTVQModel.from_pretrained(name_or_path), ViTVQImageProcessor.from_pretrained(name_or_path)
+
+
+@torch.inference_mode()
+def reconstruct(
+    model: ViTVQModel, processor: ViTVQImageProcessor, images: list[Image.Image]
+) -> tuple[torch.Tensor, list[Image.Image]]:
+    """Encode `images` to token ids and decode them: ((B, num_latent_tokens) ids, reconstructed PIL images)."""
+    pixel_values = processor(images, return_tensors="pt").pixel_values.to(model.device, model.dtype)
+    token_ids = model.encode(pixel_values)
+    return token_ids, processor.postprocess(model.decode(token_ids), output_type="pil")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny", help="model folder, Hub id, or preset name")
+    parser.add_argument("--images", nargs="*", type=Path, help="image files (default: scikit-image photos)")
+    parser.add_argument("--output_dir", type=Path, default=Path("outputs/reconstruct"))
+    args = parser.parse_args()
+
+    model, processor = load_model(args.model)
+    model.eval()
+    if args.images:
+        named = [(path.stem, Image.open(path).convert("RGB")) for path in args.images]
+    else:
+        named = skimage_photos()
+    token_ids, reconstructions = reconstruct(model, processor, [image for _, image in named])
+    pixel_values = processor([image for _, image in named], return_tensors="pt").pixel_values
+    originals = processor.postprocess(pixel_values, output_type="pil")
+
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    grid_path = args.output_dir / "reconstructions.png"
+    comparison_grid(originals, reconstructions).save(grid_path)
+    bits = model.config.bits_per_image
+    print(f"{len(named)} images -> {token_ids.shape[1]} tokens each ({bits:.0f} bits per image)")
+    for (name, _), ids in zip(named, token_ids.tolist(), strict=True):
+        print(f"  {name:22s} {ids[:8]}{' ...' if len(ids) > 8 else ''}")
+    print(f"originals (top) and reconstructions (bottom): {grid_path}")
+
+
+if __name__ == "__main__":
+    main()
