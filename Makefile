@@ -1,5 +1,5 @@
 # The README's two commands:
-#   make demo   set up .venv and run the main job on embedded data (no download)
+#   make demo   set up .venv and train the tiny tokenizer on embedded data (no download), a few minutes on CPU
 #   make test   set up .venv and run the test suite (what CI runs)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python training/reconstruct.py --output_dir outputs/demo
+	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		training/train.py --config training/configs/demo.yaml
 
 test: $(STAMP)
 	HF_HUB_DISABLE_PROGRESS_BARS=1 $(BIN)/python -m pytest -q

@@ -1,0 +1,44 @@
+"""Run under `torchrun --nproc_per_node 2` by tests/test_training_multiprocess.py: trains a few steps and writes, per
+rank, the example names it read and its final weights, so that the test can compare the ranks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "training"))
+
+import train  # noqa: E402
+from arguments import parse_args  # noqa: E402
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO)
+    report_dir, argv = Path(sys.argv[1]), sys.argv[2:]
+    trainer = train.Trainer(*parse_args(argv))
+    seen: list[str] = []
+    read_batches = trainer.stream.batches
+
+    def recording_batches(batch_size: int):
+        for pixel_values, names in read_batches(batch_size):
+            seen.extend(names)
+            yield pixel_values, names
+
+    trainer.stream.batches = recording_batches
+    try:
+        trainer.run()
+        rank = trainer.accelerator.process_index
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, report_dir / f"weights{rank}.safetensors")
+        (report_dir / f"names{rank}.json").write_text(json.dumps(seen))
+    finally:
+        trainer.accelerator.free_memory()
+        trainer.accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()

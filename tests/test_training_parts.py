@@ -1,0 +1,249 @@
+"""The pieces of training/: arguments, checkpoint folders, data streams, losses, model cards."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from training_utils import TRAINING_DIR  # noqa: F401  (puts training/ on sys.path)
+
+import checkpointing
+from arguments import parse_args
+from data import (
+    TrainingImageStream,
+    decode_image,
+    find_image_column,
+    image_folder_stream,
+    load_streams,
+    random_resized_crop,
+)
+from losses import LossWeights, TokenizerLoss
+
+from hf_vitvq import ViTVQImageProcessor, ViTVQModelOutput
+
+# ---------------------------------------------------------------------------------------------- arguments
+
+
+def test_config_file_sets_flags_and_command_line_overrides_it(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("learning_rate: 0.01\nmax_train_steps: 7\nuse_ema: true\nmodel_overrides: {codebook_size: 64}\n")
+    model_args, data_args, args = parse_args(["--config", str(config), "--max_train_steps", "9"])
+    assert args.learning_rate == 0.01 and args.use_ema is True
+    assert args.max_train_steps == 9  # the command line wins
+    assert json.loads(model_args.model_overrides) == {"codebook_size": 64}
+    assert data_args.dataset_name is None
+
+
+def test_shipped_configs_parse():
+    for path in sorted((TRAINING_DIR / "configs").glob("*.yaml")):
+        model_args, _, args = parse_args(["--config", str(path)])
+        assert args.max_train_steps > 0, path
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--push_to_hub"], "--hub_model_id"),
+        (["--mixed_precision", "fp8"], "no, fp16 or bf16"),
+        (["--dataset_name", "x", "--train_data_dir", "y"], "not both"),
+        (["--checkpoints_total_limit", "0"], "checkpoints_total_limit"),
+        (["--model_overrides", "[1]"], "JSON object"),
+        (["--random_crop_scale_min", "0.9", "--random_crop_scale_max", "0.5"], "random_crop_scale"),
+    ],
+)
+def test_bad_arguments_say_what_to_pass(argv, match):
+    with pytest.raises(ValueError, match=match):
+        parse_args(argv)
+
+
+def test_unknown_flag_in_config_file_is_an_error(tmp_path):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"learning_rate": 1e-3, "num_epochs": 3}))
+    with pytest.raises(ValueError, match=r"unknown flags \['num_epochs'\]"):
+        parse_args(["--config", str(config)])
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def test_latest_ignores_incomplete_folders_and_prune_keeps_newest(tmp_path):
+    for step in (5, 10, 40):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    checkpointing.incomplete_dir(tmp_path, 50).mkdir()  # a crash while writing step 50
+    (tmp_path / "checkpoint-final-notes").mkdir()
+    assert checkpointing.latest_checkpoint(tmp_path) == tmp_path / "checkpoint-40"
+    assert checkpointing.remove_incomplete(tmp_path) == [tmp_path / "checkpoint-50.incomplete"]
+    removed = checkpointing.prune_checkpoints(tmp_path, keep=2)
+    assert removed == [tmp_path / "checkpoint-5"]
+    assert {p.name for p in tmp_path.iterdir()} == {"checkpoint-10", "checkpoint-40", "checkpoint-final-notes"}
+
+
+def test_publish_renames_the_complete_folder(tmp_path):
+    checkpointing.incomplete_dir(tmp_path, 3).mkdir()
+    (checkpointing.incomplete_dir(tmp_path, 3) / "model.safetensors").write_bytes(b"x")
+    final = checkpointing.publish(tmp_path, 3)
+    assert final == tmp_path / "checkpoint-3" and (final / "model.safetensors").read_bytes() == b"x"
+    assert checkpointing.checkpoint_step(final) == 3
+    with pytest.raises(ValueError, match="checkpoint-500"):
+        checkpointing.checkpoint_step(tmp_path / "final")
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def png_bytes(color: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> bytes:
+    buffer = io.BytesIO()
+    PIL.Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_image_folder(folder: Path, count: int, bad: bool = False, bad_prefix: str = "0_") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        rng = np.random.default_rng(index)
+        coarse = PIL.Image.fromarray(rng.integers(0, 256, size=(3, 4, 3), dtype=np.uint8))  # smooth: learnable
+        coarse.resize((36, 24 + index % 5), PIL.Image.Resampling.BICUBIC).save(folder / f"img{index:03d}.png")
+    if bad:  # with the default prefix they sort first, so that the first batch meets them
+        buffer = io.BytesIO()
+        PIL.Image.new("RGB", (64, 64), (10, 20, 30)).save(buffer, format="JPEG")
+        (folder / f"{bad_prefix}truncated.jpg").write_bytes(buffer.getvalue()[:200])
+        (folder / f"{bad_prefix}empty.jpg").write_bytes(b"")
+        (folder / f"{bad_prefix}not_an_image.png").write_text("hello")
+    return folder
+
+
+def test_decode_image_returns_none_for_undecodable_samples():
+    assert decode_image({"bytes": png_bytes((1, 2, 3)), "path": None}).getpixel((0, 0)) == (1, 2, 3)
+    assert decode_image({"bytes": b"", "path": None}) is None
+    assert decode_image({"bytes": b"GIF89a not really", "path": None}) is None
+    assert decode_image({"bytes": png_bytes((1, 2, 3))[:60], "path": None}) is None
+    assert decode_image(PIL.Image.new("L", (4, 4), 9)).mode == "RGB"
+
+
+def test_random_resized_crop_is_deterministic_given_the_generator():
+    image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    crops = [random_resized_crop(image, 16, (0.1, 0.5), True, np.random.default_rng(7)) for _ in range(2)]
+    assert crops[0].size == (16, 16) and np.array_equal(np.asarray(crops[0]), np.asarray(crops[1]))
+    other = random_resized_crop(image, 16, (0.1, 0.5), True, np.random.default_rng(8))
+    assert not np.array_equal(np.asarray(crops[0]), np.asarray(other))
+
+
+def test_image_folder_stream_has_one_shard_per_file(tmp_path):
+    stream = image_folder_stream(make_image_folder(tmp_path / "images", 5))
+    assert stream.num_shards == 5
+    assert [example["name"] for example in stream] == [f"img{i:03d}.png" for i in range(5)]
+    with pytest.raises(ValueError, match="no image files"):
+        image_folder_stream(tmp_path / "empty")
+
+
+def make_stream(folder: Path, rank: int = 0, world_size: int = 1, buffer: int = 4) -> TrainingImageStream:
+    return TrainingImageStream(
+        image_folder_stream(folder), "image", ViTVQImageProcessor.for_image_size(8), 8,
+        seed=3, rank=rank, world_size=world_size, shuffle_buffer_size=buffer, crop_scale=(0.2, 1.0),
+    )  # fmt: skip
+
+
+def test_stream_resumes_exactly_through_the_shuffle_buffer(tmp_path):
+    folder = make_image_folder(tmp_path / "images", 7)
+    uninterrupted = make_stream(folder).batches(3)
+    expected = [next(uninterrupted) for _ in range(6)]  # 18 images: more than two epochs of 7
+
+    first = make_stream(folder)
+    batches = first.batches(3)
+    for _ in range(4):
+        next(batches)
+    state = json.loads(json.dumps(first.state_dict()))  # as saved in a checkpoint
+    resumed = make_stream(folder)
+    resumed.load_state_dict(state)
+    rest = resumed.batches(3)
+    for pixel_values, names in expected[4:]:
+        resumed_pixels, resumed_names = next(rest)
+        assert resumed_names == names
+        assert torch.equal(resumed_pixels, pixel_values)
+    epoch_orders = [[name for _, batch_names in expected for name in batch_names][i : i + 7] for i in (0, 7)]
+    assert sorted(epoch_orders[0]) == sorted(epoch_orders[1]) and epoch_orders[0] != epoch_orders[1]
+
+
+def test_processes_read_disjoint_files(tmp_path):
+    folder = make_image_folder(tmp_path / "images", 8)
+    seen = []
+    for rank in (0, 1):
+        batches = make_stream(folder, rank=rank, world_size=2).batches(4)
+        seen.append(set(next(batches)[1]))
+    assert seen[0].isdisjoint(seen[1]) and len(seen[0] | seen[1]) == 8
+
+
+def test_undecodable_samples_are_skipped_and_counted(tmp_path):
+    folder = make_image_folder(tmp_path / "images", 4, bad=True)
+    stream = make_stream(folder, buffer=0)
+    pixel_values, names = next(stream.batches(4))
+    assert pixel_values.shape == (4, 3, 8, 8)
+    assert sorted(names) == [f"img{i:03d}.png" for i in range(4)]
+    assert stream.position.skipped_examples == 3
+    assert sorted(stream.position.skipped_names) == ["0_empty.jpg", "0_not_an_image.png", "0_truncated.jpg"]
+
+
+def test_image_column_detection_and_errors():
+    from datasets import Features, Image, Value
+
+    assert find_image_column(Features({"img": Image(), "label": Value("int64")}), None) == "img"
+    with pytest.raises(ValueError, match="no Image column.*--image_column"):
+        find_image_column(Features({"text": Value("string")}), None)
+    with pytest.raises(ValueError, match="2 Image columns"):
+        find_image_column(Features({"a": Image(), "b": Image()}), None)
+    with pytest.raises(ValueError, match="'photo' is not a column"):
+        find_image_column(Features({"img": Image()}), "photo")
+
+
+def parquet_args(data_files: str, **overrides):
+    _, data_args, _ = parse_args(["--dataset_name", "parquet", "--data_files", data_files])
+    for name, value in overrides.items():
+        setattr(data_args, name, value)
+    return data_args
+
+
+def test_parquet_without_image_column_fails_before_training(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_dict({"text": ["a", "b"]}).to_parquet(tmp_path / "text.parquet")
+    with pytest.raises(ValueError, match="no Image column"):
+        load_streams(parquet_args(str(tmp_path / "text.parquet")), resolution=8)
+
+
+def test_parquet_images_stream_and_hold_out_validation(tmp_path):
+    import datasets
+
+    images = [PIL.Image.new("RGB", (10, 12), (i * 20, 0, 0)) for i in range(6)]
+    dataset = datasets.Dataset.from_dict({"picture": images, "label": list(range(6))})
+    dataset = dataset.cast_column("picture", datasets.Image())
+    dataset.to_parquet(tmp_path / "images.parquet")
+    train, validation, column = load_streams(
+        parquet_args(str(tmp_path / "images.parquet"), validation_images=2), resolution=8
+    )
+    assert column == "picture"
+    assert [example["label"] for example in validation] == [0, 1]
+    assert [example["label"] for example in train] == [2, 3, 4, 5]
+
+
+# ---------------------------------------------------------------------------------------------- loss
+
+
+def test_loss_composition_weights_every_term():
+    images = torch.zeros(1, 3, 2, 2)
+    output = ViTVQModelOutput(
+        reconstruction=torch.full((1, 3, 2, 2), 0.5),
+        codebook_loss=torch.tensor(0.2),
+        commitment_loss=torch.tensor(0.05),
+        quantizer_loss=torch.tensor(0.25),
+    )
+    terms = TokenizerLoss(LossWeights(reconstruction_l1=2.0, reconstruction_l2=3.0, quantizer=4.0))(images, output)
+    assert terms["l1_loss"].item() == pytest.approx(0.5) and terms["l2_loss"].item() == pytest.approx(0.25)
+    assert terms["loss"].item() == pytest.approx(2 * 0.5 + 3 * 0.25 + 4 * 0.25)
+    assert "l1_loss" not in TokenizerLoss(LossWeights(reconstruction_l1=0.0))(images, output)
+    with pytest.raises(ValueError, match="At least one"):
+        TokenizerLoss(LossWeights(reconstruction_l1=0.0, reconstruction_l2=0.0))

@@ -1,0 +1,124 @@
+"""training/train.py end to end: learning, exact resume after kill -9, NaN stop, Hub push, bad samples."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+
+import pytest
+import torch
+from fake_hub import fake_hub_fixture  # noqa: F401
+from safetensors.torch import load_file
+from test_training_parts import make_image_folder
+from training_utils import QUICK_RUN, losses_by_step, run_in_process, start_subprocess
+
+import checkpointing
+from data import embedded_streams, validation_batches
+from evaluation import evaluate_reconstruction
+from train import NonFiniteLossError
+
+from hf_vitvq import ViTVQConfig, ViTVQImageProcessor, ViTVQModel
+
+
+def test_short_training_improves_reconstruction(tmp_path):
+    """300 steps on the embedded photos: the loss falls and held-out PSNR rises clearly above an untrained model."""
+    output_dir = tmp_path / "run"
+    run_in_process([*QUICK_RUN, "--output_dir", str(output_dir), "--max_train_steps", "300",
+                    "--train_batch_size", "8", "--validation_steps", "300", "--checkpointing_steps", "1000",
+                    "--random_crop_scale_min", "0.02", "--random_crop_scale_max", "0.25"])  # fmt: skip
+    reconstruction_losses = list(losses_by_step(output_dir, "l2_loss").values())
+    assert sum(reconstruction_losses[-50:]) / 50 < 0.9 * sum(reconstruction_losses[:10]) / 10
+
+    processor = ViTVQImageProcessor.for_image_size(32)
+    _, validation = embedded_streams(32)
+    batches = validation_batches(validation, "image", processor, limit=48, batch_size=16)
+    trained = ViTVQModel.from_pretrained(output_dir / "final")
+    torch.manual_seed(0)
+    untrained = ViTVQModel(ViTVQConfig.from_preset("tiny"))
+    gain = evaluate_reconstruction(trained, processor, batches)["psnr"] - evaluate_reconstruction(
+        untrained, processor, batches
+    )["psnr"]
+    assert gain > 1.0, f"validation PSNR rose by only {gain:.2f} dB"
+    assert (output_dir / "final" / "reconstructions.png").is_file()
+    assert (output_dir / "validation" / "step-0000300.png").is_file()
+
+
+def test_crash_and_resume_gives_the_uninterrupted_run(tmp_path):
+    """kill -9 after a checkpoint, leave a half-written checkpoint behind, resume `latest`: every later loss and the
+    final (EMA) weights equal those of an uninterrupted run with the same seed, bit for bit (same machine, same
+    thread count, deterministic CPU kernels)."""
+    common = [*QUICK_RUN, "--max_train_steps", "40", "--checkpointing_steps", "10", "--checkpoints_total_limit", "2",
+              "--validation_steps", "1000", "--use_ema", "--ema_decay", "0.9"]  # fmt: skip
+    reference_dir, crashed_dir = tmp_path / "reference", tmp_path / "crashed"
+    reference = start_subprocess([*common, "--output_dir", str(reference_dir)], tmp_path / "reference.log")
+
+    crashed = start_subprocess([*common, "--output_dir", str(crashed_dir)], tmp_path / "crashed.log")
+    deadline = time.monotonic() + 120
+    while not (crashed_dir / "checkpoint-10").is_dir():
+        assert crashed.poll() is None and time.monotonic() < deadline, (tmp_path / "crashed.log").read_text()[-2000:]
+        time.sleep(0.02)
+    crashed.send_signal(signal.SIGKILL)
+    crashed.wait()
+    # A checkpoint caught mid-write (no rename yet) must never be picked up as `latest`.
+    half_written = checkpointing.incomplete_dir(crashed_dir, 39)
+    half_written.mkdir()
+    (half_written / "model.safetensors").write_bytes(b"partial")
+    resumed_from = checkpointing.latest_checkpoint(crashed_dir)
+    assert resumed_from is not None and resumed_from.name != half_written.name
+
+    assert reference.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()[-3000:]
+    resume = start_subprocess([*common, "--output_dir", str(crashed_dir), "--resume_from_checkpoint", "latest"],
+                              tmp_path / "resumed.log")  # fmt: skip
+    assert resume.wait(timeout=300) == 0, (tmp_path / "resumed.log").read_text()[-3000:]
+    assert f"Resumed from {resumed_from}" in (tmp_path / "resumed.log").read_text()
+    assert not half_written.exists()
+
+    expected, actual = losses_by_step(reference_dir), losses_by_step(crashed_dir)
+    start = checkpointing.checkpoint_step(resumed_from)
+    assert [actual[step] for step in range(start + 1, 41)] == [expected[step] for step in range(start + 1, 41)]
+    for folder in ("final", "final_raw"):
+        reference_weights = load_file(reference_dir / folder / "model.safetensors")
+        resumed_weights = load_file(crashed_dir / folder / "model.safetensors")
+        assert all(torch.equal(reference_weights[name], resumed_weights[name]) for name in reference_weights), folder
+    assert {p.name for p in checkpointing.checkpoint_dirs(crashed_dir)} == {"checkpoint-30", "checkpoint-40"}
+
+
+def test_non_finite_loss_stops_the_run_after_saving_the_last_good_state(tmp_path):
+    output_dir = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match=r"at step (\d+); the last good state \(step (\d+)\)") as error:
+        run_in_process([*QUICK_RUN, "--output_dir", str(output_dir), "--max_train_steps", "20",
+                        "--learning_rate", "1e30", "--lr_warmup_steps", "0", "--checkpointing_steps", "100"])  # fmt: skip
+    last_good = int(str(error.value).split("(step ")[1].split(")")[0])
+    assert (output_dir / f"checkpoint-{last_good}" / "model.safetensors").is_file()
+    weights = load_file(output_dir / f"checkpoint-{last_good}" / "model.safetensors")
+    assert all(torch.isfinite(tensor).all() for tensor in weights.values())
+
+
+def test_push_to_hub_sends_final_model_and_checkpoints_and_skips_bad_samples(tmp_path, fake_hub, caplog):
+    data_dir = make_image_folder(tmp_path / "images", 12, bad=True, bad_prefix="z_")  # after the validation files
+    output_dir = tmp_path / "run"
+    run_in_process([*QUICK_RUN, "--output_dir", str(output_dir), "--train_data_dir", str(data_dir),
+                    "--validation_images", "2", "--max_train_steps", "4", "--checkpointing_steps", "2",
+                    "--validation_steps", "4", "--push_to_hub", "--hub_model_id", "org/tiny-tokenizer",
+                    "--hub_push_checkpoints"])  # fmt: skip
+    files = fake_hub.repos["org/tiny-tokenizer"]
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_vitvq.py",
+                 "reconstructions.png", "checkpoints/checkpoint-2/model.safetensors",
+                 "checkpoints/checkpoint-4/optimizer.bin"):  # fmt: skip
+        assert name in files, name
+    assert files["model.safetensors"] == (output_dir / "final" / "model.safetensors").read_bytes()
+    card = files["README.md"].decode()
+    assert "library_name: transformers" in card and "| steps | 4 |" in card and str(data_dir) in card
+    assert json.loads(files["config.json"])["model_type"] == "vitvq"
+    assert [commit.message for commit in fake_hub.commits if commit.repo_id == "org/tiny-tokenizer"] == [
+        "Upload checkpoints/checkpoint-2 from hf-vitvq training",
+        "Upload checkpoints/checkpoint-4 from hf-vitvq training",
+        "Upload final from hf-vitvq training",
+    ]
+    log = (output_dir / "train_log.jsonl").read_text()
+    assert '"step": 4' in log
+    # every pass over the 13 training files meets the 3 bad ones: skipped, counted, reported, never fatal
+    skipped = re.search(r"Skipped (\d+) undecodable samples in all", caplog.text)
+    assert skipped is not None and int(skipped.group(1)) >= 3

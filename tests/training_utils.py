@@ -1,0 +1,61 @@
+"""Helpers shared by the training tests: import the scripts in training/, run them, read their logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO_ROOT
+
+TRAINING_DIR = REPO_ROOT / "training"
+if str(TRAINING_DIR) not in sys.path:
+    sys.path.insert(0, str(TRAINING_DIR))
+
+# A few seconds of training on the embedded data: the tiny preset, no tracker, small validation.
+QUICK_RUN = [
+    "--model_config", "tiny",
+    "--train_batch_size", "4",
+    "--learning_rate", "1e-3",
+    "--lr_warmup_steps", "2",
+    "--shuffle_buffer_size", "8",
+    "--validation_images", "8",
+    "--logging_steps", "1",
+    "--report_to", "none",
+]  # fmt: skip
+
+
+def run_in_process(argv: list[str]) -> None:
+    """`train.main(argv)` in this process, with Accelerate's singletons reset afterwards."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    import train
+
+    try:
+        train.main(argv)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
+def start_subprocess(argv: list[str], log_path: Path) -> subprocess.Popen:
+    """`python training/train.py ARGV` in a new process, output to `log_path`."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, str(TRAINING_DIR / "train.py"), *argv],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def losses_by_step(output_dir: Path, term: str = "loss") -> dict[int, float]:
+    """The loss `term` of each step in `train_log.jsonl` (a resumed run's later entries win)."""
+    losses = {}
+    for line in (output_dir / "train_log.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        losses[entry["step"]] = entry[term]
+    return losses

@@ -1,0 +1,160 @@
+"""Command-line and config-file arguments of `train.py`, as typed dataclasses parsed by `HfArgumentParser`.
+
+Flag names follow the diffusers training scripts where they overlap (`--dataset_name`, `--max_train_steps`,
+`--checkpointing_steps`, `--resume_from_checkpoint latest`, ...). `--config FILE` loads a YAML or JSON file of
+these flags; flags given on the command line override the file.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import HfArgumentParser
+
+
+@dataclass
+class ModelArguments:
+    model_config: str = field(
+        default="tiny", metadata={"help": "A ViTVQConfig preset name (S-128, B-64, L-32, seed, tiny) or a config JSON."}
+    )
+    model_overrides: str | None = field(
+        default=None, metadata={"help": "JSON of config fields to override, e.g. '{\"codebook_size\": 512}'."}
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Anything `datasets.load_dataset` reads: a Hub name, 'imagefolder', 'parquet', 'webdataset'."
+        },
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's config name."})
+    train_data_dir: str | None = field(
+        default=None, metadata={"help": "A local folder of images (read as a multi-shard stream, one shard per file)."}
+    )
+    data_files: str | None = field(default=None, metadata={"help": "Glob of data files (parquet, tar shards)."})
+    image_column: str | None = field(
+        default=None, metadata={"help": "Column holding the images; detected when the dataset has one Image feature."}
+    )
+    train_split: str = field(default="train")
+    validation_split: str | None = field(
+        default=None, metadata={"help": "Split used for validation; else `validation_images` held out of the stream."}
+    )
+    validation_images: int = field(default=32, metadata={"help": "Images used for validation."})
+    streaming: bool = field(default=True, metadata={"help": "Stream the dataset instead of downloading it first."})
+    shuffle_buffer_size: int = field(default=1000, metadata={"help": "Examples in the shuffle buffer (0: no shuffle)."})
+    resolution: int | None = field(default=None, metadata={"help": "Training crop size; defaults to the model's."})
+    random_crop_scale_min: float = field(default=0.8, metadata={"help": "Smallest crop area of RandomResizedCrop."})
+    random_crop_scale_max: float = field(default=1.0, metadata={"help": "Largest crop area of RandomResizedCrop."})
+    random_flip: bool = field(default=True, metadata={"help": "Flip training images horizontally at random."})
+
+
+@dataclass
+class TrainingArguments:
+    output_dir: str = field(default="outputs/vitvq")
+    seed: int = field(default=0)
+    train_batch_size: int = field(default=8, metadata={"help": "Images per device per step."})
+    gradient_accumulation_steps: int = field(default=1)
+    max_train_steps: int = field(default=1000)
+    learning_rate: float = field(default=1e-4)
+    adam_beta1: float = field(default=0.9)
+    adam_beta2: float = field(default=0.99)
+    adam_weight_decay: float = field(default=1e-4, metadata={"help": "Applied to weight matrices only."})
+    adam_epsilon: float = field(default=1e-8)
+    max_grad_norm: float = field(default=1.0)
+    lr_scheduler: str = field(default="cosine", metadata={"help": "Any `transformers.get_scheduler` name."})
+    lr_warmup_steps: int = field(default=500)
+    reconstruction_l1_weight: float = field(default=0.0)
+    reconstruction_l2_weight: float = field(default=1.0)
+    quantizer_loss_weight: float = field(default=1.0)
+    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16."})
+    use_ema: bool = field(default=False, metadata={"help": "Keep an EMA of the weights; `final/` then holds it."})
+    ema_decay: float = field(default=0.999)
+    gradient_checkpointing: bool = field(default=False)
+    checkpointing_steps: int = field(default=500)
+    checkpoints_total_limit: int | None = field(default=None, metadata={"help": "Keep at most this many checkpoints."})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint path."})
+    validation_steps: int = field(default=500)
+    logging_steps: int = field(default=10)
+    report_to: str = field(default="auto", metadata={"help": "auto (tensorboard when installed), none, all, ..."})
+    push_to_hub: bool = field(default=False)
+    hub_model_id: str | None = field(default=None)
+    hub_token: str | None = field(default=None)
+    hub_push_checkpoints: bool = field(default=False, metadata={"help": "Also push each checkpoint as it is written."})
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Flags from a `.yaml`/`.yml` or `.json` file, as a flat dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {path}: no such file")
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        values = yaml.safe_load(path.read_text()) or {}
+    elif path.suffix == ".json":
+        values = json.loads(path.read_text())
+    else:
+        raise ValueError(f"--config {path}: expected a .yaml, .yml or .json file")
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path}: expected a mapping of flag names to values, got {type(values).__name__}")
+    return values
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """Parse `--config FILE` (optional) and command-line flags, the command line winning, then check them."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    parser.add_argument("--config", default=None, help="YAML or JSON file of these flags.")
+    config_path = parser.parse_known_args(argv)[0].config
+    if config_path is not None:
+        file_values = read_config_file(config_path)
+        known = {action.dest for action in parser._actions}
+        unknown = sorted(set(file_values) - known)
+        if unknown:
+            raise ValueError(f"--config {config_path}: unknown flags {unknown}")
+        if isinstance(file_values.get("model_overrides"), dict):  # YAML users write a mapping
+            file_values["model_overrides"] = json.dumps(file_values["model_overrides"])
+        parser.set_defaults(**file_values)
+    *dataclasses_, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    model_args, data_args, training_args, _namespace = dataclasses_
+    if remaining:
+        raise ValueError(f"Unknown arguments: {remaining}")
+    check_args(model_args, data_args, training_args)
+    return model_args, data_args, training_args
+
+
+def check_args(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> None:
+    """Raise a ValueError saying what to pass, before anything expensive starts."""
+    if data_args.dataset_name and data_args.train_data_dir:
+        raise ValueError("Pass either --dataset_name or --train_data_dir, not both.")
+    if training_args.push_to_hub and not training_args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id ORG/NAME.")
+    if training_args.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {training_args.mixed_precision!r}.")
+    if not 0 < data_args.random_crop_scale_min <= data_args.random_crop_scale_max <= 1:
+        raise ValueError("Need 0 < --random_crop_scale_min <= --random_crop_scale_max <= 1.")
+    for name in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "checkpointing_steps",
+                 "validation_steps", "logging_steps"):  # fmt: skip
+        if getattr(training_args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(training_args, name)}.")
+    if training_args.checkpoints_total_limit is not None and training_args.checkpoints_total_limit < 1:
+        raise ValueError("--checkpoints_total_limit must be >= 1 (or left unset to keep every checkpoint).")
+    if not 0 < training_args.ema_decay < 1:
+        raise ValueError(f"--ema_decay must be in (0, 1), got {training_args.ema_decay}.")
+    if model_args.model_overrides is not None:
+        try:
+            overrides = json.loads(model_args.model_overrides)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--model_overrides must be a JSON object: {error}") from error
+        if not isinstance(overrides, dict):
+            raise ValueError("--model_overrides must be a JSON object of config fields.")

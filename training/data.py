@@ -1,0 +1,336 @@
+"""Training data: image streams from any `datasets` source, sharded per process, shuffled, resumable exactly.
+
+Exact resume through a shuffle buffer: `IterableDataset.state_dict()` drops the buffered examples, so instead the
+stream is made a pure function of (seed, epoch, rank) — `shuffle(seed)` plus `set_epoch(epoch)` reproduce the
+same order — and the position is the number of raw examples this rank has consumed in the current epoch. On
+resume the stream is rebuilt and that many examples are skipped without decoding them (images are read as
+undecoded bytes and decoded by us, which is also how undecodable samples are caught, counted and skipped).
+Random crops and flips are seeded per example from (seed, epoch, rank, position), so they replay exactly too.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import PIL.Image
+import torch
+from datasets import Features, IterableDataset
+from datasets import Image as ImageFeature
+from datasets.distributed import split_dataset_by_node
+
+from hf_vitvq import ViTVQImageProcessor
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+# Held-out photos of the embedded default (scikit-image's sample photos); the rest are for training.
+EMBEDDED_VALIDATION_PHOTOS = ("chelsea", "coffee")
+EMBEDDED_FEATURES = Features({"image": ImageFeature(decode=False), "name": datasets.Value("string")})
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+
+def _read_files(paths: list[str]) -> Iterator[dict[str, Any]]:
+    for path in paths:
+        yield {"image": {"bytes": Path(path).read_bytes(), "path": path}, "name": Path(path).name}
+
+
+def image_folder_stream(folder: str | Path) -> IterableDataset:
+    """Every image file under `folder` as a stream with one shard per file, so that each process of a multi-process
+    run reads only its own files (`load_dataset("imagefolder", streaming=True)` is one shard: every rank would read
+    every file)."""
+    files = sorted(str(p) for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"--train_data_dir {folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
+    return IterableDataset.from_generator(_read_files, gen_kwargs={"paths": files}, features=EMBEDDED_FEATURES)
+
+
+@cache
+def _embedded_photo_png(name: str, short_side: int) -> bytes:
+    from sample_data import skimage_photos
+
+    [(_, photo)] = skimage_photos((name,))
+    scale = short_side / min(photo.size)
+    photo = photo.resize((round(photo.width * scale), round(photo.height * scale)), PIL.Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    photo.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _embedded_photos(names: list[str], short_side: int) -> Iterator[dict[str, Any]]:
+    for name in names:
+        yield {"image": {"bytes": _embedded_photo_png(name, short_side), "path": None}, "name": name}
+
+
+def _embedded_tiles(names: list[str], short_side: int, tile: int) -> Iterator[dict[str, Any]]:
+    """Non-overlapping `tile` x `tile` crops of each photo (resized to `short_side`): the validation images."""
+    for name in names:
+        photo = PIL.Image.open(io.BytesIO(_embedded_photo_png(name, short_side)))
+        for top in range(0, photo.height - tile + 1, tile):
+            for left in range(0, photo.width - tile + 1, tile):
+                buffer = io.BytesIO()
+                photo.crop((left, top, left + tile, top + tile)).save(buffer, format="PNG")
+                yield {"image": {"bytes": buffer.getvalue(), "path": None}, "name": f"{name}-{top}-{left}"}
+
+
+def embedded_streams(resolution: int) -> tuple[IterableDataset, IterableDataset]:
+    """The default data (no download): scikit-image's colour sample photos. Training: 6 photos (resized so that
+    their short side is 4 crops wide, one shard each); validation: tiles of 2 held-out photos at the scale the
+    training crops see."""
+    from sample_data import SKIMAGE_PHOTOS
+
+    train_names = [name for name in SKIMAGE_PHOTOS if name not in EMBEDDED_VALIDATION_PHOTOS]
+    short_side = 4 * resolution
+    train = IterableDataset.from_generator(
+        _embedded_photos, gen_kwargs={"names": train_names, "short_side": short_side}, features=EMBEDDED_FEATURES
+    )
+    validation = IterableDataset.from_generator(
+        _embedded_tiles,
+        gen_kwargs={"names": list(EMBEDDED_VALIDATION_PHOTOS), "short_side": short_side, "tile": resolution},
+        features=EMBEDDED_FEATURES,
+    )
+    return train, validation
+
+
+def find_image_column(features: Features | None, requested: str | None) -> str:
+    """The column to read images from: `requested` if it exists, else the dataset's only `Image` feature."""
+    if features is None:
+        if requested is None:
+            raise ValueError("The dataset does not declare its features: pass --image_column.")
+        return requested
+    if requested is not None:
+        if requested not in features:
+            raise ValueError(f"--image_column {requested!r} is not a column of the dataset: {list(features)}")
+        return requested
+    image_columns = [name for name, feature in features.items() if isinstance(feature, ImageFeature)]
+    if len(image_columns) != 1:
+        found = f"{len(image_columns)} Image columns ({image_columns})" if image_columns else "no Image column"
+        raise ValueError(f"Found {found} among {list(features)}: pass --image_column NAME.")
+    return image_columns[0]
+
+
+def load_streams(data_args: Any, resolution: int) -> tuple[IterableDataset, IterableDataset, str]:
+    """(train stream, validation stream, image column) for the data arguments of `train.py`.
+
+    Validation comes from `--validation_split` when given; otherwise the first `--validation_images` examples are
+    held out of the training stream (whole files, for a `--train_data_dir`).
+    """
+    if data_args.dataset_name is None and data_args.train_data_dir is None:
+        train, validation = embedded_streams(resolution)
+        return train, validation, "image"
+    if data_args.train_data_dir is not None:
+        stream = image_folder_stream(data_args.train_data_dir)
+        validation = stream.take(data_args.validation_images)
+        return stream.skip(data_args.validation_images), validation, "image"
+
+    def load(split: str) -> IterableDataset:
+        dataset = datasets.load_dataset(
+            data_args.dataset_name,
+            data_args.dataset_config_name,
+            data_files=data_args.data_files,
+            split=split,
+            streaming=data_args.streaming,
+        )
+        if isinstance(dataset, datasets.Dataset):  # map-style: stream it, in shards that processes can split
+            dataset = dataset.to_iterable_dataset(num_shards=min(64, max(1, len(dataset))))
+        return dataset
+
+    train = load(data_args.train_split)
+    image_column = find_image_column(train.features, data_args.image_column)
+    if data_args.validation_split is not None:
+        validation = load(data_args.validation_split)
+    else:
+        validation, train = train.take(data_args.validation_images), train.skip(data_args.validation_images)
+    return train, validation, image_column
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+
+
+def decode_image(value: Any) -> PIL.Image.Image | None:
+    """An RGB PIL image from a dataset value (undecoded `{"bytes", "path"}`, a PIL image, or raw bytes), or None
+    when it cannot be decoded (truncated file, zero bytes, not an image)."""
+    try:
+        if isinstance(value, PIL.Image.Image):
+            image = value
+        elif isinstance(value, (bytes, bytearray)):
+            image = PIL.Image.open(io.BytesIO(value))
+        elif isinstance(value, dict) and value.get("bytes"):
+            image = PIL.Image.open(io.BytesIO(value["bytes"]))
+        elif isinstance(value, dict) and value.get("path"):
+            image = PIL.Image.open(value["path"])
+        else:
+            return None
+        image.load()  # decode now: a truncated file fails here, not later in the batch
+        return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError):
+        return None
+
+
+def random_resized_crop(
+    image: PIL.Image.Image,
+    size: int,
+    scale: tuple[float, float],
+    flip: bool,
+    rng: np.random.Generator,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> PIL.Image.Image:
+    """Crop a random area (fraction in `scale`, aspect ratio in `ratio`) and resize it to `size` x `size`; with
+    `flip`, mirror it half of the time. Falls back to the largest centred square when no sample fits."""
+    width, height = image.size
+    area = width * height
+    for _ in range(10):
+        target_area = area * rng.uniform(*scale)
+        aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+        crop_w, crop_h = round(np.sqrt(target_area * aspect)), round(np.sqrt(target_area / aspect))
+        if 0 < crop_w <= width and 0 < crop_h <= height:
+            left, top = int(rng.integers(0, width - crop_w + 1)), int(rng.integers(0, height - crop_h + 1))
+            break
+    else:
+        crop_w = crop_h = min(width, height)
+        left, top = (width - crop_w) // 2, (height - crop_h) // 2
+    crop = image.resize((size, size), PIL.Image.Resampling.BICUBIC, box=(left, top, left + crop_w, top + crop_h))
+    if flip and rng.random() < 0.5:
+        crop = crop.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
+    return crop
+
+
+# ---------------------------------------------------------------------------------------------- resumable stream
+
+
+@dataclass
+class StreamPosition:
+    """Where one process is in its stream: the epoch and how many raw examples of it were consumed."""
+
+    epoch: int = 0
+    examples_in_epoch: int = 0
+    skipped_examples: int = 0  # undecodable samples so far, all epochs
+    skipped_names: list[str] = field(default_factory=list)  # the first few, for the report
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TrainingImageStream:
+    """Endless batches of augmented training images for this process, resumable at any batch boundary.
+
+    Args:
+        dataset: the full training stream (before sharding and shuffling).
+        image_column: column holding images.
+        processor: turns crops into normalised pixel values (its rescale / normalize settings).
+        resolution: side of the square crops.
+        seed: shuffle and augmentation seed (the same on every process).
+        rank, world_size: this process and the number of processes; each reads a disjoint part.
+        shuffle_buffer_size: 0 disables shuffling.
+        crop_scale, flip: RandomResizedCrop area range and horizontal flips.
+    """
+
+    def __init__(
+        self,
+        dataset: IterableDataset,
+        image_column: str,
+        processor: ViTVQImageProcessor,
+        resolution: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle_buffer_size: int = 1000,
+        crop_scale: tuple[float, float] = (0.8, 1.0),
+        flip: bool = True,
+    ) -> None:
+        features = dataset.features
+        if features is not None and image_column in features and isinstance(features[image_column], ImageFeature):
+            dataset = dataset.cast_column(image_column, ImageFeature(decode=False))  # we decode, and skip failures
+        if shuffle_buffer_size > 0:
+            dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
+        self.dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size) if world_size > 1 else dataset
+        self.image_column = image_column
+        self.processor = processor
+        self.resolution = resolution
+        self.seed = seed
+        self.rank = rank
+        self.crop_scale = crop_scale
+        self.flip = flip
+        self.position = StreamPosition()
+
+    def _examples(self) -> Iterator[tuple[Any, str]]:
+        """(image value, name) pairs from the current position on, epoch after epoch."""
+        while True:
+            self.dataset.set_epoch(self.position.epoch)
+            examples = itertools.islice(iter(self.dataset), self.position.examples_in_epoch, None)
+            produced = False
+            for example in examples:
+                produced = True
+                self.position.examples_in_epoch += 1
+                yield example[self.image_column], str(example.get("name", self.position.examples_in_epoch))
+            if not produced and self.position.examples_in_epoch == 0:
+                raise ValueError(f"The training stream of process {self.rank} is empty: no examples to train on.")
+            self.position.epoch += 1
+            self.position.examples_in_epoch = 0
+
+    def _augment(self, image: PIL.Image.Image) -> PIL.Image.Image:
+        position = self.position
+        rng = np.random.default_rng([self.seed, position.epoch, self.rank, position.examples_in_epoch])
+        return random_resized_crop(image, self.resolution, self.crop_scale, self.flip, rng)
+
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, list[str]]]:
+        """Endless (pixel values (batch_size, 3, R, R), example names) batches."""
+        examples = self._examples()
+        while True:
+            crops, names = [], []
+            while len(crops) < batch_size:
+                value, name = next(examples)
+                image = decode_image(value)
+                if image is None:
+                    self._record_skip(name)
+                    continue
+                crops.append(self._augment(image))
+                names.append(name)
+            pixel_values = self.processor(
+                crops, do_resize=False, do_center_crop=False, return_tensors="pt"
+            ).pixel_values
+            yield pixel_values, names
+
+    def _record_skip(self, name: str) -> None:
+        self.position.skipped_examples += 1
+        if len(self.position.skipped_names) < 20:
+            self.position.skipped_names.append(name)
+        logger.warning("Skipped an undecodable sample (%s); %d so far.", name, self.position.skipped_examples)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.position.to_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.position = StreamPosition(**state)
+
+
+def validation_batches(
+    dataset: IterableDataset, image_column: str, processor: ViTVQImageProcessor, limit: int, batch_size: int
+) -> list[torch.Tensor]:
+    """The first `limit` decodable validation images, resized and centre-cropped by `processor`, in batches."""
+    features = dataset.features
+    if features is not None and image_column in features and isinstance(features[image_column], ImageFeature):
+        dataset = dataset.cast_column(image_column, ImageFeature(decode=False))
+    images = []
+    for example in dataset:
+        image = decode_image(example[image_column])
+        if image is not None:
+            images.append(image)
+        if len(images) == limit:
+            break
+    if not images:
+        raise ValueError("The validation set has no decodable image.")
+    return [
+        processor(images[start : start + batch_size], return_tensors="pt").pixel_values
+        for start in range(0, len(images), batch_size)
+    ]

@@ -1,0 +1,412 @@
+"""Train a ViT-VQ (TiTok-style) image tokenizer with Accelerate: one CPU, one GPU, or many.
+
+    accelerate launch training/train.py --config training/configs/demo.yaml
+    accelerate launch --multi_gpu --num_processes 8 training/train.py --config training/configs/L-32.yaml \\
+        --dataset_name ILSVRC/imagenet-1k --output_dir outputs/l32
+
+Resumes exactly after a crash with `--resume_from_checkpoint latest` (model, optimizer, scheduler, scaler, EMA,
+random states and the position in the shuffled data stream). The result, `OUTPUT_DIR/final`, loads with
+`AutoModel.from_pretrained`. See `training/arguments.py` for every flag.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, set_seed
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+from transformers import AutoModel, get_scheduler
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import checkpointing  # noqa: E402
+from arguments import DataArguments, ModelArguments, TrainingArguments, parse_args  # noqa: E402
+from data import TrainingImageStream, load_streams, validation_batches  # noqa: E402
+from evaluation import evaluate_reconstruction, save_validation_grid  # noqa: E402
+from losses import LossWeights, TokenizerLoss  # noqa: E402
+from model_card import write_model_card  # noqa: E402
+from reconstruct import comparison_grid, reconstruct  # noqa: E402
+
+from hf_vitvq import ViTVQConfig, ViTVQImageProcessor, ViTVQModel  # noqa: E402
+
+logger = get_logger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the last good state was saved as a checkpoint."""
+
+
+@dataclass
+class TrainingProgress:
+    """Counters saved with every checkpoint (registered with `accelerator.register_for_checkpointing`)."""
+
+    global_step: int = 0
+    images_seen: int = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"global_step": self.global_step, "images_seen": self.images_seen}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.global_step, self.images_seen = state["global_step"], state["images_seen"]
+
+
+def build_config(model_args: ModelArguments, resolution: int | None) -> ViTVQConfig:
+    """The model config from a preset name or a config JSON, with `--model_overrides` and `--resolution` applied."""
+    overrides = json.loads(model_args.model_overrides) if model_args.model_overrides else {}
+    if resolution is not None:
+        overrides["image_size"] = resolution
+    if model_args.model_config in ViTVQConfig.presets():
+        return ViTVQConfig.from_preset(model_args.model_config, **overrides)
+    path = Path(model_args.model_config)
+    if not path.exists():
+        raise ValueError(
+            f"--model_config {model_args.model_config!r} is neither a preset ({ViTVQConfig.presets()}) nor a file."
+        )
+    return ViTVQConfig.from_pretrained(path, **overrides)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on linear and conv weights only; none on biases, norms, tokens, positions and
+    the codebook."""
+    decay = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if id(p) in decay], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) not in decay], "weight_decay": 0.0},
+    ]
+
+
+def resolve_report_to(report_to: str) -> str | None:
+    """`auto` means tensorboard when it is installed, otherwise no tracker."""
+    if report_to == "auto":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            return None
+        return "tensorboard"
+    return None if report_to == "none" else report_to
+
+
+class Trainer:
+    """The training loop and its checkpoints; `run()` trains to `max_train_steps`."""
+
+    def __init__(self, model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> None:
+        self.args = args
+        self.data_args = data_args
+        self.output_dir = Path(args.output_dir)
+        self.accelerator = Accelerator(
+            mixed_precision=args.mixed_precision,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            log_with=resolve_report_to(args.report_to),
+            project_config=ProjectConfiguration(
+                project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")
+            ),
+        )
+        set_seed(args.seed)
+        self.config = build_config(model_args, data_args.resolution)
+        self.resolution = self.config.image_size
+        self.processor = ViTVQImageProcessor.for_image_size(self.resolution)
+
+        # Data before the model: a dataset without a usable image column fails here, before any work.
+        train_stream, validation_stream, image_column = load_streams(data_args, self.resolution)
+        self.stream = TrainingImageStream(
+            train_stream,
+            image_column,
+            self.processor,
+            self.resolution,
+            seed=args.seed,
+            rank=self.accelerator.process_index,
+            world_size=self.accelerator.num_processes,
+            shuffle_buffer_size=data_args.shuffle_buffer_size,
+            crop_scale=(data_args.random_crop_scale_min, data_args.random_crop_scale_max),
+            flip=data_args.random_flip,
+        )
+        self.validation = []
+        if self.accelerator.is_main_process:
+            self.validation = validation_batches(
+                validation_stream, image_column, self.processor, data_args.validation_images, args.train_batch_size
+            )
+
+        model = ViTVQModel(self.config)
+        if args.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        optimizer = torch.optim.AdamW(
+            parameter_groups(model, args.adam_weight_decay),
+            lr=args.learning_rate,
+            betas=(args.adam_beta1, args.adam_beta2),
+            eps=args.adam_epsilon,
+        )
+        # Not passed to `prepare`: stepped once per optimizer step on every process, whatever their number.
+        self.lr_scheduler = get_scheduler(
+            args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps, num_training_steps=args.max_train_steps
+        )
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.ema = None
+        if args.use_ema:
+            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay), use_buffers=True)
+            self.accelerator.register_for_checkpointing(self.ema)
+        self.progress = TrainingProgress()
+        self.accelerator.register_for_checkpointing(self.lr_scheduler, self.progress)
+        self.loss_fn = TokenizerLoss(
+            LossWeights(args.reconstruction_l1_weight, args.reconstruction_l2_weight, args.quantizer_loss_weight)
+        )
+        self.stream_state_at_step = self.stream.state_dict()
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> Path:
+        """Write `checkpoint-STEP` under a temporary name, rename it when every process is done, prune."""
+        step = self.progress.global_step
+        accelerator = self.accelerator
+        tmp = checkpointing.incomplete_dir(self.output_dir, step)
+        accelerator.save_state(str(tmp))
+        stream_file = tmp / f"data_state_rank{accelerator.process_index}.json"
+        stream_file.write_text(json.dumps(self.stream_state_at_step))
+        accelerator.wait_for_everyone()
+        final = tmp.with_name(f"checkpoint-{step}")
+        if accelerator.is_main_process:
+            final = checkpointing.publish(self.output_dir, step)
+            for removed in checkpointing.prune_checkpoints(self.output_dir, self.args.checkpoints_total_limit):
+                logger.info(f"Removed old checkpoint {removed}")
+            logger.info(f"Saved {final}")
+            if self.args.push_to_hub and self.args.hub_push_checkpoints:
+                from hub import push_folder
+
+                push_folder(final, self.args.hub_model_id, f"checkpoints/{final.name}", self.args.hub_token)
+        accelerator.wait_for_everyone()
+        return final
+
+    def resume(self) -> None:
+        """Load `--resume_from_checkpoint` (a path, or `latest` in `output_dir`)."""
+        requested = self.args.resume_from_checkpoint
+        if requested is None:
+            return
+        if self.accelerator.is_main_process:
+            for stale in checkpointing.remove_incomplete(self.output_dir):
+                logger.warning(f"Removed incomplete checkpoint {stale} (the previous run stopped while writing it)")
+        self.accelerator.wait_for_everyone()
+        path = checkpointing.latest_checkpoint(self.output_dir) if requested == "latest" else Path(requested)
+        if path is None:
+            logger.info(f"No checkpoint in {self.output_dir}: starting from scratch.")
+            return
+        stream_file = path / f"data_state_rank{self.accelerator.process_index}.json"
+        if not stream_file.is_file():
+            raise ValueError(
+                f"{path} has no data position for process {self.accelerator.process_index} ({stream_file.name}): "
+                "resume with the number of processes that wrote it."
+            )
+        self.accelerator.load_state(str(path))
+        self.stream.load_state_dict(json.loads(stream_file.read_text()))
+        self.stream_state_at_step = self.stream.state_dict()
+        logger.info(f"Resumed from {path} at step {self.progress.global_step}")
+
+    # ------------------------------------------------------------------------------------------ steps
+
+    def _loss_is_finite(self, loss: torch.Tensor) -> bool:
+        """True when the loss is finite on every process."""
+        bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)
+        return self.accelerator.reduce(bad, reduction="sum").item() == 0
+
+    def train_step(self, pixel_values: torch.Tensor) -> dict[str, float] | None:
+        """One micro-batch; returns the logs when it ended an optimizer step, else None."""
+        args, accelerator = self.args, self.accelerator
+        with accelerator.accumulate(self.model):
+            output = self.model(pixel_values)
+            terms = self.loss_fn(pixel_values, output)
+            if not self._loss_is_finite(terms["loss"].detach()):
+                step = self.progress.global_step
+                self.save_checkpoint()
+                raise NonFiniteLossError(
+                    f"The loss became {terms['loss'].item()} at step {step + 1}; the last good state (step {step}) "
+                    f"is saved in {self.output_dir / f'checkpoint-{step}'}. Lower --learning_rate, or check the data."
+                )
+            accelerator.backward(terms["loss"])
+            grad_norm = None
+            if accelerator.sync_gradients:
+                grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        if not accelerator.sync_gradients:
+            return None
+        self.lr_scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(accelerator.unwrap_model(self.model))
+        self.progress.global_step += 1
+        self.progress.images_seen += (
+            pixel_values.shape[0] * accelerator.num_processes * args.gradient_accumulation_steps
+        )
+        self.stream_state_at_step = self.stream.state_dict()
+        logs = {name: value.item() for name, value in terms.items()}
+        logs.update(
+            quantizer_loss=output.quantizer_loss.item(),
+            perplexity=output.perplexity.item(),
+            batch_codebook_usage=output.token_ids.unique().numel() / self.config.codebook_size,
+            grad_norm=float(grad_norm),
+            lr=self.lr_scheduler.get_last_lr()[0],
+        )
+        return logs
+
+    def evaluation_model(self) -> ViTVQModel:
+        """The weights to evaluate and export: the EMA when enabled, else the raw model."""
+        return self.ema.module if self.ema is not None else self.accelerator.unwrap_model(self.model)
+
+    def validate(self) -> dict[str, float]:
+        """Validation metrics (main process) and a grid of originals above reconstructions."""
+        metrics: dict[str, float] = {}
+        if self.accelerator.is_main_process:
+            model = self.evaluation_model()
+            metrics = evaluate_reconstruction(model, self.processor, self.validation)
+            grid = save_validation_grid(
+                model,
+                self.processor,
+                self.validation[0],
+                self.output_dir / "validation" / f"step-{self.progress.global_step:07d}.png",
+            )
+            self.accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=self.progress.global_step)
+            for tracker in self.accelerator.trackers:
+                if tracker.name == "tensorboard":
+                    tracker.writer.add_image("val/reconstructions", grid, self.progress.global_step, dataformats="HWC")
+            logger.info(f"step {self.progress.global_step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        self.accelerator.wait_for_everyone()
+        return metrics
+
+    def run(self) -> dict[str, float]:
+        """Train to `max_train_steps`; returns the final validation metrics (main process)."""
+        args, accelerator = self.args, self.accelerator
+        if accelerator.is_main_process:
+            accelerator.init_trackers("vitvq", config={k: v for k, v in vars(args).items() if v is not None})
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.resume()
+        self.log_start()
+        progress_bar = tqdm(
+            total=args.max_train_steps,
+            initial=self.progress.global_step,
+            desc="training",
+            disable=not accelerator.is_local_main_process,
+        )
+        self.model.train()
+        metrics: dict[str, float] = {}
+        started, images_at_start = time.perf_counter(), self.progress.images_seen
+        batches = self.stream.batches(args.train_batch_size)
+        while self.progress.global_step < args.max_train_steps:
+            pixel_values, _names = next(batches)
+            logs = self.train_step(pixel_values.to(accelerator.device))
+            if logs is None:
+                continue
+            step = self.progress.global_step
+            images_per_second = (self.progress.images_seen - images_at_start) / (time.perf_counter() - started)
+            progress_bar.update(1)
+            progress_bar.set_postfix(
+                loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{images_per_second:.1f}"
+            )
+            if step % args.logging_steps == 0 or step == args.max_train_steps:
+                self.log_train({**logs, "images_per_second": images_per_second})
+            if step % args.checkpointing_steps == 0:
+                self.save_checkpoint()
+            if step % args.validation_steps == 0 or step == args.max_train_steps:
+                self.model.eval()
+                metrics = self.validate()
+                self.model.train()
+        progress_bar.close()
+        self.report_skipped()
+        return metrics
+
+    # ------------------------------------------------------------------------------------------ messages and export
+
+    def log_train(self, logs: dict[str, float]) -> None:
+        """Send training scalars to the trackers and append them to `output_dir/train_log.jsonl`."""
+        step = self.progress.global_step
+        self.accelerator.log({f"train/{name}": value for name, value in logs.items()}, step=step)
+        if self.accelerator.is_main_process:
+            with (self.output_dir / "train_log.jsonl").open("a") as log_file:
+                log_file.write(json.dumps({"step": step, **logs}) + "\n")
+
+    def log_start(self) -> None:
+        config, args, accelerator = self.config, self.args, self.accelerator
+        parameters = sum(p.numel() for p in accelerator.unwrap_model(self.model).parameters())
+        effective_batch = args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
+        source = self.data_args.dataset_name or self.data_args.train_data_dir or "embedded scikit-image sample photos"
+        logger.info(
+            f"ViT-VQ with {parameters / 1e6:.2f} M parameters: {config.image_size}x{config.image_size} images -> "
+            f"{config.num_latent_tokens} tokens of {config.codebook_size} codes ({config.bits_per_image:.0f} bits)\n"
+            f"  data: {source}; {len(self.validation) and sum(len(b) for b in self.validation)} validation images\n"
+            f"  batch {args.train_batch_size} x {args.gradient_accumulation_steps} accumulation x "
+            f"{accelerator.num_processes} process(es) = {effective_batch} images per step, on {accelerator.device} "
+            f"({accelerator.distributed_type}, mixed precision {accelerator.mixed_precision})\n"
+            f"  {args.max_train_steps} steps, checkpoints every {args.checkpointing_steps} in {self.output_dir}",
+            main_process_only=True,
+        )
+
+    def report_skipped(self) -> None:
+        counts = torch.tensor([self.stream.position.skipped_examples], device=self.accelerator.device)
+        total = int(self.accelerator.reduce(counts, reduction="sum").item())
+        if total:
+            names = ", ".join(self.stream.position.skipped_names[:5])
+            logger.warning(f"Skipped {total} undecodable samples in all (e.g. on this process: {names}).")
+            self.accelerator.log({"train/skipped_samples": total}, step=self.progress.global_step)
+
+    def export(self, metrics: dict[str, float]) -> Path:
+        """Save `final/` (EMA weights when enabled, with `final_raw/` beside it), reload it with `AutoModel`,
+        write a reconstruction grid, push to the Hub when asked; returns the `final/` folder."""
+        final = self.output_dir / "final"
+        if not self.accelerator.is_main_process:
+            return final
+        folders = {final: self.evaluation_model()}
+        if self.ema is not None:
+            folders[self.output_dir / "final_raw"] = self.accelerator.unwrap_model(self.model)
+        for folder, model in folders.items():
+            model.save_pretrained(folder)
+            self.processor.save_pretrained(folder)
+            write_model_card(folder, self.config, self.args, self.data_args, self.progress.global_step, metrics)
+
+        reloaded = AutoModel.from_pretrained(final).eval()
+        images = self.processor.postprocess(self.validation[0][:8], output_type="pil")
+        _, reconstructions = reconstruct(reloaded, self.processor, images)
+        comparison_grid(images, reconstructions).save(final / "reconstructions.png")
+        if self.args.push_to_hub:
+            from hub import push_folder
+
+            url = push_folder(final, self.args.hub_model_id, None, self.args.hub_token)
+            logger.info(f"Pushed {final} to {url}")
+        return final
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+    model_args, data_args, training_args = parse_args(argv)
+    trainer = Trainer(model_args, data_args, training_args)
+    accelerator = trainer.accelerator
+    try:
+        metrics = trainer.run()
+        final = trainer.export(metrics)
+        if accelerator.is_main_process:
+            summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+            print(
+                f"\nDone: {trainer.progress.global_step} steps. Validation: {summary}.\n"
+                f"The tokenizer is in {final} (reconstructions: {final / 'reconstructions.png'}). Load it with\n"
+                f"    import hf_vitvq; from transformers import AutoModel, AutoImageProcessor\n"
+                f"    model = AutoModel.from_pretrained('{final}')\n"
+                f"    processor = AutoImageProcessor.from_pretrained('{final}')\n"
+                f"or with trust_remote_code=True where hf_vitvq is not installed."
+            )
+    finally:
+        # Ending the process group explicitly avoids gloo's sporadic abort at interpreter exit.
+        accelerator.free_memory()
+        gc.collect()
+        accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()
