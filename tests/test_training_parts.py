@@ -6,13 +6,11 @@ import io
 import json
 from pathlib import Path
 
+import checkpointing
 import numpy as np
 import PIL.Image
 import pytest
 import torch
-from training_utils import TRAINING_DIR  # noqa: F401  (puts training/ on sys.path)
-
-import checkpointing
 from arguments import parse_args
 from data import (
     TrainingImageStream,
@@ -23,6 +21,7 @@ from data import (
     random_resized_crop,
 )
 from losses import LossWeights, TokenizerLoss
+from training_utils import TRAINING_DIR  # noqa: F401  (puts training/ on sys.path)
 
 from hf_vitvq import ViTVQImageProcessor, ViTVQModelOutput
 

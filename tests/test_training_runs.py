@@ -7,17 +7,16 @@ import re
 import signal
 import time
 
+import checkpointing
 import pytest
 import torch
+from data import embedded_streams, validation_batches
+from evaluation import evaluate_reconstruction
 from fake_hub import fake_hub_fixture  # noqa: F401
 from safetensors.torch import load_file
 from test_training_parts import make_image_folder
-from training_utils import QUICK_RUN, losses_by_step, run_in_process, start_subprocess
-
-import checkpointing
-from data import embedded_streams, validation_batches
-from evaluation import evaluate_reconstruction
 from train import NonFiniteLossError
+from training_utils import QUICK_RUN, losses_by_step, run_in_process, start_subprocess
 
 from hf_vitvq import ViTVQConfig, ViTVQImageProcessor, ViTVQModel
 
@@ -37,9 +36,10 @@ def test_short_training_improves_reconstruction(tmp_path):
     trained = ViTVQModel.from_pretrained(output_dir / "final")
     torch.manual_seed(0)
     untrained = ViTVQModel(ViTVQConfig.from_preset("tiny"))
-    gain = evaluate_reconstruction(trained, processor, batches)["psnr"] - evaluate_reconstruction(
-        untrained, processor, batches
-    )["psnr"]
+    gain = (
+        evaluate_reconstruction(trained, processor, batches)["psnr"]
+        - evaluate_reconstruction(untrained, processor, batches)["psnr"]
+    )
     assert gain > 1.0, f"validation PSNR rose by only {gain:.2f} dB"
     assert (output_dir / "final" / "reconstructions.png").is_file()
     assert (output_dir / "validation" / "step-0000300.png").is_file()
@@ -88,8 +88,8 @@ def test_crash_and_resume_gives_the_uninterrupted_run(tmp_path):
 def test_non_finite_loss_stops_the_run_after_saving_the_last_good_state(tmp_path):
     output_dir = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match=r"at step (\d+); the last good state \(step (\d+)\)") as error:
-        run_in_process([*QUICK_RUN, "--output_dir", str(output_dir), "--max_train_steps", "20",
-                        "--learning_rate", "1e30", "--lr_warmup_steps", "0", "--checkpointing_steps", "100"])  # fmt: skip
+        run_in_process([*QUICK_RUN, "--output_dir", str(output_dir), "--max_train_steps", "20", "--learning_rate",
+                        "1e30", "--lr_warmup_steps", "0", "--checkpointing_steps", "100"])  # fmt: skip
     last_good = int(str(error.value).split("(step ")[1].split(")")[0])
     assert (output_dir / f"checkpoint-{last_good}" / "model.safetensors").is_file()
     weights = load_file(output_dir / f"checkpoint-{last_good}" / "model.safetensors")

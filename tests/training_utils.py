@@ -29,9 +29,8 @@ QUICK_RUN = [
 
 def run_in_process(argv: list[str]) -> None:
     """`train.main(argv)` in this process, with Accelerate's singletons reset afterwards."""
-    from accelerate.state import AcceleratorState, GradientState
-
     import train
+    from accelerate.state import AcceleratorState, GradientState
 
     try:
         train.main(argv)
