@@ -46,6 +46,15 @@ def _symmetric(size: str, num_latent_tokens: int) -> dict[str, Any]:
     }
 
 
+# `ViTVQConfig.quantizer_type` values; one module each (quantizer_vq.py, quantizer_fsq.py, ...).
+QUANTIZER_TYPES = ("vq", "fsq", "lfq", "rvq", "kl")
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     "S-128": _symmetric("S", 128),
     "B-64": _symmetric("B", 64),
@@ -110,7 +119,40 @@ class ViTVQConfig(PretrainedConfig):
         codebook_dim (`int`, defaults to 12): dimension of each code (low-dimensional "factorized" codes).
         use_l2_norm_codes (`bool`, defaults to `True`): l2-normalise latents and codes before the nearest-code
             search (cosine similarity), as TiTok does.
-        commitment_cost (`float`, defaults to 0.25): beta, the weight of the commitment loss.
+        commitment_cost (`float`, defaults to 0.25): beta, the weight of the commitment loss (`vq`, `rvq`, `lfq`).
+        quantizer_type (`str`, defaults to `"vq"`): the quantizer between encoder and decoder, one of
+            `"vq"` (nearest code of a learned codebook), `"fsq"` (finite scalar quantization), `"lfq"` (lookup-free
+            sign quantization), `"rvq"` (residual VQ: token ids of shape (B, L, num_quantizers)) and `"kl"`
+            (continuous tokens from a diagonal Gaussian; the encoder then outputs 2 * codebook_dim channels, mean
+            then log-variance, and `encode` returns latents instead of ids).
+        factorized_code_dim (`int`, *optional*): `vq` only: search codes of this dimension, with linear projections
+            codebook_dim -> factorized_code_dim -> codebook_dim around the quantizer (ViT-VQGAN's factorized codes).
+        use_ema_codebook (`bool`, defaults to `False`): `vq`/`rvq`: move codes by an exponential moving average of
+            the latents assigned to them instead of the codebook loss (no codebook gradient).
+        ema_decay (`float`, defaults to 0.99): decay of the EMA codebook statistics.
+        ema_epsilon (`float`, defaults to 1e-5): Laplace smoothing of the EMA cluster sizes.
+        kmeans_init (`bool`, defaults to `False`): `vq`/`rvq`: initialise the codes by k-means on the first
+            training batch.
+        kmeans_iterations (`int`, defaults to 10): Lloyd iterations of that k-means.
+        dead_code_steps (`int`, defaults to 0): `vq`/`rvq`: re-seed codes not used for this many training steps
+            from the previous batch's latents; 0 turns it off.
+        dead_code_threshold (`float`, defaults to 0.0): `vq`/`rvq`: also re-seed codes whose moving average of hits
+            per step falls below this; 0 turns it off.
+        usage_window (`int`, defaults to 100): length, in training steps, of the window over which codebook usage is
+            measured (and of the moving average of hits per step).
+        entropy_loss_weight (`float`, defaults to 0.0): weight of the entropy regulariser (per-sample entropy minus
+            `codebook_entropy_weight` times batch entropy of the soft code assignments); `vq`, `rvq`, `lfq`. LFQ
+            needs it (MAGVIT-v2 uses 0.1); 0 turns it off.
+        entropy_temperature (`float`, defaults to 0.01): temperature of the soft assignments softmax(-d^2 / t).
+        codebook_entropy_weight (`float`, defaults to 1.0): weight of the batch entropy inside the regulariser.
+        use_rotation_trick (`bool`, defaults to `False`): `vq`: carry gradients through the quantizer with the
+            rotation trick (arXiv 2410.06424) instead of the straight-through copy.
+        use_simvq (`bool`, defaults to `False`): `vq`/`rvq`: SimVQ codes, a frozen random basis times one learned
+            linear map (arXiv 2411.02038); excludes the EMA codebook, k-means init and dead-code restarts.
+        fsq_levels (`list[int]`, *optional*): `fsq`: number of levels per channel, e.g. `[8, 5, 5, 5]`; needs
+            `codebook_dim == len(fsq_levels)` and `codebook_size == prod(fsq_levels)`.
+        num_quantizers (`int`, defaults to 1): `rvq`: number of residual levels, each with `codebook_size` codes.
+        kl_loss_weight (`float`, defaults to 1e-6): `kl`: weight of the KL divergence to N(0, I) (TiTok's value).
         layer_norm_eps (`float`, defaults to 1e-5): epsilon of every LayerNorm.
         hidden_dropout_prob (`float`, defaults to 0.0): dropout on the attention and MLP outputs.
         attention_probs_dropout_prob (`float`, defaults to 0.0): dropout on the attention probabilities.
@@ -146,12 +188,31 @@ class ViTVQConfig(PretrainedConfig):
     codebook_dim: int = 12
     use_l2_norm_codes: bool = True
     commitment_cost: float | int = 0.25
+    quantizer_type: str = "vq"
+    factorized_code_dim: int | None = None
+    use_ema_codebook: bool = False
+    ema_decay: float = 0.99
+    ema_epsilon: float = 1e-5
+    kmeans_init: bool = False
+    kmeans_iterations: int = 10
+    dead_code_steps: int = 0
+    dead_code_threshold: float | int = 0.0
+    usage_window: int = 100
+    entropy_loss_weight: float | int = 0.0
+    entropy_temperature: float = 0.01
+    codebook_entropy_weight: float | int = 1.0
+    use_rotation_trick: bool = False
+    use_simvq: bool = False
+    fsq_levels: list[int] | None = None
+    num_quantizers: int = 1
+    kl_loss_weight: float = 1e-6
     layer_norm_eps: float = 1e-5
     hidden_dropout_prob: float | int = 0.0
     attention_probs_dropout_prob: float | int = 0.0
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs: Any) -> None:
+        self.fsq_levels = None if self.fsq_levels is None else list(self.fsq_levels)
         super().__post_init__(**kwargs)
         self._check_hyperparameters()
 
@@ -185,11 +246,75 @@ class ViTVQConfig(PretrainedConfig):
             raise ValueError(f"`codebook_size` must be an integer >= 2, got {self.codebook_size!r}.")
         if self.commitment_cost < 0:
             raise ValueError(f"`commitment_cost` must be >= 0, got {self.commitment_cost!r}.")
+        self._check_quantizer()
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1), got {getattr(self, name)!r}.")
         if not self.layer_norm_eps > 0:
             raise ValueError(f"`layer_norm_eps` must be > 0, got {self.layer_norm_eps!r}.")
+
+    def _check_quantizer(self) -> None:
+        """Raise a `ValueError` naming the first quantizer field that is out of range or inconsistent."""
+        if self.quantizer_type not in QUANTIZER_TYPES:
+            raise ValueError(f"`quantizer_type` must be one of {QUANTIZER_TYPES}, got {self.quantizer_type!r}.")
+        for name in ("kmeans_iterations", "usage_window", "num_quantizers"):
+            _check_positive_int(name, getattr(self, name))
+        if self.factorized_code_dim is not None:
+            _check_positive_int("factorized_code_dim", self.factorized_code_dim)
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"`ema_decay` must be in (0, 1), got {self.ema_decay!r}.")
+        if isinstance(self.dead_code_steps, bool) or not isinstance(self.dead_code_steps, int):
+            raise ValueError(f"`dead_code_steps` must be an integer >= 0, got {self.dead_code_steps!r}.")
+        for name in ("dead_code_steps", "dead_code_threshold", "entropy_loss_weight", "codebook_entropy_weight",
+                     "kl_loss_weight"):  # fmt: skip
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)!r}.")
+        for name in ("ema_epsilon", "entropy_temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)!r}.")
+        codebook_options = {
+            "factorized_code_dim": self.factorized_code_dim is not None,
+            "use_ema_codebook": self.use_ema_codebook,
+            "kmeans_init": self.kmeans_init,
+            "dead_code_steps": self.dead_code_steps > 0,
+            "dead_code_threshold": self.dead_code_threshold > 0,
+            "use_rotation_trick": self.use_rotation_trick,
+            "use_simvq": self.use_simvq,
+        }
+        used = [name for name, is_set in codebook_options.items() if is_set]
+        if used and self.quantizer_type not in ("vq", "rvq"):
+            raise ValueError(f"{used} only apply to quantizer_type 'vq' or 'rvq', got {self.quantizer_type!r}.")
+        if self.use_simvq and (self.use_ema_codebook or self.kmeans_init or self.dead_code_steps or
+                               self.dead_code_threshold):  # fmt: skip
+            raise ValueError(
+                "`use_simvq` learns all codes through one linear map: it cannot be combined with `use_ema_codebook`, "
+                "`kmeans_init` or dead-code restarts (`dead_code_steps`, `dead_code_threshold`)."
+            )
+        if self.quantizer_type == "rvq":
+            if self.factorized_code_dim is not None or self.use_rotation_trick:
+                raise ValueError(
+                    "quantizer_type 'rvq' passes gradients straight through the sum of its levels: unset "
+                    "`factorized_code_dim` and `use_rotation_trick`."
+                )
+            if self.use_l2_norm_codes:
+                raise ValueError(
+                    "quantizer_type 'rvq' quantizes residuals, whose norms shrink level by level: set "
+                    "`use_l2_norm_codes=False`."
+                )
+        if self.quantizer_type == "fsq":
+            levels = self.fsq_levels
+            if not levels or any(isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in levels):
+                raise ValueError(f"`fsq_levels` must be a non-empty list of integers >= 2, got {levels!r}.")
+            if len(levels) != self.codebook_dim or math.prod(levels) != self.codebook_size:
+                raise ValueError(
+                    f"quantizer_type 'fsq' with fsq_levels={levels} needs codebook_dim={len(levels)} and "
+                    f"codebook_size={math.prod(levels)}, got {self.codebook_dim} and {self.codebook_size}."
+                )
+        if self.quantizer_type == "lfq" and self.codebook_size != 2**self.codebook_dim:
+            raise ValueError(
+                f"quantizer_type 'lfq' has 2 ** codebook_dim codes: with codebook_dim={self.codebook_dim} set "
+                f"codebook_size={2**self.codebook_dim}, got {self.codebook_size}."
+            )
 
     @classmethod
     def presets(cls) -> list[str]:
@@ -221,8 +346,16 @@ class ViTVQConfig(PretrainedConfig):
 
     @property
     def bits_per_image(self) -> float:
-        """Information in one encoded image: `num_latent_tokens * log2(codebook_size)`."""
-        return self.num_latent_tokens * math.log2(self.codebook_size)
+        """Information in one encoded image: `num_latent_tokens * log2(codebook_size)`, times `num_quantizers` for
+        residual VQ (continuous `kl` tokens have no finite count; this then reports the discrete formula)."""
+        levels = self.num_quantizers if self.quantizer_type == "rvq" else 1
+        return self.num_latent_tokens * levels * math.log2(self.codebook_size)
+
+    @property
+    def encoder_output_dim(self) -> int:
+        """Channels of the encoder's output projection: `2 * codebook_dim` (mean, log-variance) for the `kl`
+        quantizer, else `codebook_dim`."""
+        return 2 * self.codebook_dim if self.quantizer_type == "kl" else self.codebook_dim
 
     @property
     def encoder_sizes(self) -> TransformerSizes:

@@ -23,7 +23,21 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_vitvq import TransformerSizes, ViTVQConfig
-from .quantizer_vq import VectorQuantizer
+from .quantizer_base import Quantizer
+from .quantizer_fsq import FiniteScalarQuantizer
+from .quantizer_kl import DiagonalGaussianQuantizer
+from .quantizer_lfq import LookupFreeQuantizer
+from .quantizer_rvq import ResidualVectorQuantizer
+from .quantizer_vq import build_vector_quantizer
+
+# `config.quantizer_type` -> the quantizer module built from the config.
+QUANTIZERS: dict[str, Callable[[ViTVQConfig], Quantizer]] = {
+    "vq": build_vector_quantizer,
+    "fsq": FiniteScalarQuantizer,
+    "lfq": LookupFreeQuantizer,
+    "rvq": ResidualVectorQuantizer,
+    "kl": DiagonalGaussianQuantizer,
+}
 
 
 @dataclass
@@ -34,13 +48,21 @@ class ViTVQModelOutput(ModelOutput):
         reconstruction (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`):
             Decoded image, in the range of the model's pixel values ([-1, 1] for the default processor).
         token_ids (`torch.LongTensor` of shape `(batch_size, num_latent_tokens)`):
-            Index of the code chosen for each latent token.
+            Index of the code chosen for each latent token; `(batch_size, num_latent_tokens, num_quantizers)` for
+            `quantizer_type="rvq"`; `None` for continuous (`"kl"`) tokens.
         quantized_latents (`torch.FloatTensor` of shape `(batch_size, num_latent_tokens, codebook_dim)`):
-            Codes the decoder read (straight-through: gradients flow to the encoder).
-        codebook_loss (`torch.FloatTensor` of shape `()`): mean((q - sg[z])^2).
-        commitment_loss (`torch.FloatTensor` of shape `()`): commitment_cost * mean((sg[q] - z)^2).
-        quantizer_loss (`torch.FloatTensor` of shape `()`): codebook_loss + commitment_loss.
-        perplexity (`torch.FloatTensor` of shape `()`): exp(entropy) of the codes used in this batch.
+            Codes the decoder read (straight-through: gradients flow to the encoder); the posterior sample for `"kl"`.
+        codebook_loss (`torch.FloatTensor` of shape `()`): mean((q - sg[z])^2); `None` when the quantizer has no
+            codebook loss (EMA codebook, FSQ, LFQ, KL).
+        commitment_loss (`torch.FloatTensor` of shape `()`): commitment_cost * mean((sg[q] - z)^2); `None` for FSQ
+            and KL.
+        quantizer_loss (`torch.FloatTensor` of shape `()`): the sum of the quantizer's weighted loss terms (all of
+            them are in `quantizer_stats`).
+        perplexity (`torch.FloatTensor` of shape `()`): exp(entropy) of the codes used in this batch (mean over
+            levels for `"rvq"`); `None` for `"kl"`.
+        quantizer_stats (`dict[str, torch.FloatTensor]`): every scalar the quantizer reports for this batch, loss
+            terms (`codebook_loss`, `commitment_loss`, `entropy_loss`, `kl_loss`, ...) and statistics (`perplexity`,
+            `posterior_std`, ...), for logging. Window statistics of the codebook: [`ViTVQModel.codebook_health`].
     """
 
     reconstruction: torch.FloatTensor | None = None
@@ -50,6 +72,7 @@ class ViTVQModelOutput(ModelOutput):
     commitment_loss: torch.FloatTensor | None = None
     quantizer_loss: torch.FloatTensor | None = None
     perplexity: torch.FloatTensor | None = None
+    quantizer_stats: dict[str, torch.Tensor] | None = None
 
 
 def eager_attention_forward(
@@ -172,7 +195,7 @@ class ViTVQEncoder(nn.Module):
         self.latent_tokens = nn.Parameter(torch.empty(config.num_latent_tokens, width))
         self.latent_position_embeddings = nn.Parameter(torch.empty(config.num_latent_tokens, width))
         self.transformer = ViTVQTransformer(config, sizes)
-        self.projection = nn.Linear(width, config.codebook_dim)
+        self.projection = nn.Linear(width, config.encoder_output_dim)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) pixels -> (B, L, codebook_dim) continuous latents."""
@@ -256,6 +279,8 @@ class ViTVQPreTrainedModel(PreTrainedModel):
         elif isinstance(module, (ViTVQEncoder, ViTVQDecoder)):
             for param in module.parameters(recurse=False):
                 init.normal_(param, mean=0.0, std=param.shape[-1] ** -0.5)
+        elif isinstance(module, Quantizer):  # after its submodules: state derived from them (EMA sums, SimVQ basis)
+            module.init_weights()
 
 
 class ViTVQModel(ViTVQPreTrainedModel):
@@ -264,12 +289,7 @@ class ViTVQModel(ViTVQPreTrainedModel):
     def __init__(self, config: ViTVQConfig) -> None:
         super().__init__(config)
         self.encoder = ViTVQEncoder(config)
-        self.quantize = VectorQuantizer(
-            codebook_size=config.codebook_size,
-            codebook_dim=config.codebook_dim,
-            commitment_cost=config.commitment_cost,
-            use_l2_norm=config.use_l2_norm_codes,
-        )
+        self.quantize = QUANTIZERS[config.quantizer_type](config)
         self.decoder = ViTVQDecoder(config)
         self.post_init()
 
@@ -293,14 +313,22 @@ class ViTVQModel(ViTVQPreTrainedModel):
             reconstruction=reconstruction,
             token_ids=quantizer_output.indices,
             quantized_latents=quantizer_output.quantized,
-            codebook_loss=quantizer_output.losses["codebook_loss"],
-            commitment_loss=quantizer_output.losses["commitment_loss"],
+            codebook_loss=quantizer_output.losses.get("codebook_loss"),
+            commitment_loss=quantizer_output.losses.get("commitment_loss"),
             quantizer_loss=quantizer_output.loss,
-            perplexity=quantizer_output.stats["perplexity"],
+            perplexity=quantizer_output.stats.get("perplexity"),
+            quantizer_stats={**quantizer_output.losses, **quantizer_output.stats},
         )
 
     @torch.inference_mode()
-    def encode(self, pixel_values: torch.Tensor) -> torch.LongTensor:
+    def codebook_health(self) -> dict[str, torch.Tensor]:
+        """Codebook statistics over the last `config.usage_window` training steps, for the training loop to log:
+        `codebook_usage` (fraction of codes hit), `window_perplexity`, `dead_codes` (codes not hit) and
+        `code_frequency`, the (codebook_size,) histogram of hits ((num_quantizers, codebook_size) for `"rvq"`).
+        Empty for `"kl"`. Identical on every process under DDP."""
+        return self.quantize.codebook_health()
+
+    def encode(self, pixel_values: torch.Tensor) -> torch.LongTensor | torch.FloatTensor:
         """Tokenize images.
 
         Args:
@@ -308,22 +336,29 @@ class ViTVQModel(ViTVQPreTrainedModel):
                 [`ViTVQImageProcessor`] does.
 
         Returns:
-            `(batch_size, num_latent_tokens)` int64 token ids in `[0, codebook_size)`.
+            `(batch_size, num_latent_tokens)` int64 token ids in `[0, codebook_size)`;
+            `(batch_size, num_latent_tokens, num_quantizers)` ids for `quantizer_type="rvq"`; for `"kl"` (continuous
+            tokens) no ids but the `(batch_size, num_latent_tokens, codebook_dim)` float32 posterior means.
         """
         self._check_pixel_values(pixel_values)
-        return self.quantize(self.encoder(pixel_values)).indices
+        output = self.quantize(self.encoder(pixel_values))
+        return output.quantized if self.quantize.is_continuous else output.indices
 
     @torch.inference_mode()
     def decode(self, token_ids: torch.Tensor) -> torch.FloatTensor:
         """Turn token ids back into images.
 
         Args:
-            token_ids: `(batch_size, num_latent_tokens)` integer ids in `[0, codebook_size)`.
+            token_ids: what [`~ViTVQModel.encode`] returns: `(batch_size, num_latent_tokens)` integer ids in
+                `[0, codebook_size)`, `(batch_size, num_latent_tokens, num_quantizers)` for `quantizer_type="rvq"`,
+                or `(batch_size, num_latent_tokens, codebook_dim)` float latents for `"kl"`.
 
         Returns:
             `(batch_size, num_channels, image_size, image_size)` pixel values ([-1, 1] for the default processor;
             [`ViTVQImageProcessor.postprocess`] turns them into images).
         """
+        if self.quantize.is_continuous:
+            return self.decode_latents(token_ids)
         self._check_token_ids(token_ids)
         return self.decoder(self.quantize.indices_to_codes(token_ids).to(self.dtype))
 
@@ -368,9 +403,12 @@ class ViTVQModel(ViTVQPreTrainedModel):
             raise TypeError(f"`token_ids` must be a torch.Tensor of integers, got {type(token_ids)}.")
         if token_ids.is_floating_point() or token_ids.is_complex() or token_ids.dtype == torch.bool:
             raise TypeError(f"`token_ids` must be an integer tensor, got {token_ids.dtype}.")
-        if token_ids.ndim != 2 or token_ids.shape[1] != config.num_latent_tokens:
+        expected = (config.num_latent_tokens, config.num_quantizers) if config.quantizer_type == "rvq" else None
+        expected = expected or (config.num_latent_tokens,)
+        if token_ids.ndim != 1 + len(expected) or tuple(token_ids.shape[1:]) != expected:
             raise ValueError(
-                f"`token_ids` must have shape (batch_size, {config.num_latent_tokens}), got {tuple(token_ids.shape)}."
+                f"`token_ids` must have shape (batch_size, {', '.join(map(str, expected))}), "
+                f"got {tuple(token_ids.shape)}."
             )
         if torch.compiler.is_compiling():
             return  # the range check reads values back, which would break a compiled graph
