@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "training"))
@@ -23,16 +24,27 @@ def main() -> None:
     seen: list[str] = []
     read_batches = trainer.stream.batches
 
-    def recording_batches(batch_size: int):
-        for pixel_values, names in read_batches(batch_size):
-            seen.extend(names)
-            yield pixel_values, names
+    def recording_batches(batch_size: int, num_workers: int):
+        for batch in read_batches(batch_size, num_workers):
+            seen.extend(batch.names)
+            yield batch
 
     trainer.stream.batches = recording_batches
+    rank = trainer.accelerator.process_index
+    model = trainer.accelerator.unwrap_model(trainer.model)
+
+    @torch.no_grad()
+    def validation_l2() -> float:  # on the main process's fixed validation images
+        model.eval()
+        losses = [(model(pixels).reconstruction - pixels).pow(2).mean().item() for pixels in trainer.validation]
+        model.train()
+        return sum(losses) / max(1, len(losses))
+
     try:
+        before = validation_l2()
         trainer.run()
-        rank = trainer.accelerator.process_index
-        model = trainer.accelerator.unwrap_model(trainer.model)
+        if rank == 0:
+            (report_dir / "validation_l2.json").write_text(json.dumps({"before": before, "after": validation_l2()}))
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, report_dir / f"weights{rank}.safetensors")
         (report_dir / f"names{rank}.json").write_text(json.dumps(seen))
     finally:

@@ -20,7 +20,7 @@ def test_two_processes_read_disjoint_shards_and_stay_in_sync(tmp_path, photo_pat
     for path in photo_paths[:40]:
         shutil.copy(path, data_dir / path.name)
     output_dir = tmp_path / "run"
-    argv = [*QUICK_RUN, "--train_data_dir", str(data_dir), "--validation_images", "4", "--output_dir", str(output_dir),
+    argv = [*QUICK_RUN, "--train_data_dir", str(data_dir), "--validation_images", "8", "--output_dir", str(output_dir),
             "--max_train_steps", "60", "--learning_rate", "3e-3", "--checkpointing_steps", "100",
             "--validation_steps", "100", "--shuffle_buffer_size", "4"]  # fmt: skip
     # `accelerate launch --cpu --num_processes 2` silently starts one process; torchrun starts two synchronised ranks.
@@ -31,13 +31,15 @@ def test_two_processes_read_disjoint_shards_and_stay_in_sync(tmp_path, photo_pat
     assert result.returncode == 0, result.stderr[-4000:]
     assert "2 process(es) = 8 images per step" in result.stderr
 
-    names = [json.loads((tmp_path / f"names{rank}.json").read_text()) for rank in (0, 1)]
+    # the batches each rank trained on (a few more were prefetched and never used)
+    names = [json.loads((tmp_path / f"names{rank}.json").read_text())[: 60 * 4] for rank in (0, 1)]
     assert len(names[0]) == len(names[1]) == 60 * 4
     assert set(names[0]).isdisjoint(names[1]), "the two processes read the same files"
-    assert len(set(names[0]) | set(names[1])) == 36  # every training file (40 minus 4 held out) was read
+    assert len(set(names[0]) | set(names[1])) == 32  # every training file (40 minus 8 held out) was read
 
     weights = [load_file(tmp_path / f"weights{rank}.safetensors") for rank in (0, 1)]
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
 
-    losses = list(losses_by_step(output_dir, "l2_loss").values())
-    assert len(losses) == 60 and sum(losses[-10:]) < 0.9 * sum(losses[:10])
+    assert len(losses_by_step(output_dir, "l2_loss")) == 60
+    validation = json.loads((tmp_path / "validation_l2.json").read_text())
+    assert validation["after"] < 0.95 * validation["before"], validation  # 0.88 here: deterministic on CPU

@@ -18,10 +18,11 @@ from data import (
     find_image_column,
     image_folder_stream,
     load_streams,
+    prefetch,
     random_resized_crop,
 )
 from losses import LossWeights, TokenizerLoss
-from training_utils import TRAINING_DIR  # noqa: F401  (puts training/ on sys.path)
+from training_utils import TRAINING_DIR
 
 from hf_vitvq import ViTVQImageProcessor, ViTVQModelOutput
 
@@ -152,20 +153,39 @@ def test_stream_resumes_exactly_through_the_shuffle_buffer(tmp_path):
     uninterrupted = make_stream(folder).batches(3)
     expected = [next(uninterrupted) for _ in range(6)]  # 18 images: more than two epochs of 7
 
-    first = make_stream(folder)
-    batches = first.batches(3)
-    for _ in range(4):
-        next(batches)
-    state = json.loads(json.dumps(first.state_dict()))  # as saved in a checkpoint
+    # the position travels with each batch: what a checkpoint written after training on batch 4 stores
+    prefetched = prefetch(make_stream(folder).batches(3, num_workers=2), depth=3)
+    fourth = [next(prefetched) for _ in range(4)][-1]
+    prefetched.close()
     resumed = make_stream(folder)
-    resumed.load_state_dict(state)
-    rest = resumed.batches(3)
-    for pixel_values, names in expected[4:]:
-        resumed_pixels, resumed_names = next(rest)
-        assert resumed_names == names
-        assert torch.equal(resumed_pixels, pixel_values)
-    epoch_orders = [[name for _, batch_names in expected for name in batch_names][i : i + 7] for i in (0, 7)]
+    resumed.load_state_dict(json.loads(json.dumps(fourth.position)))
+    rest = resumed.batches(3, num_workers=3)
+    for batch in expected[4:]:
+        resumed_batch = next(rest)
+        assert resumed_batch.names == batch.names
+        assert torch.equal(resumed_batch.pixel_values, batch.pixel_values)
+    epoch_orders = [[name for batch in expected for name in batch.names][i : i + 7] for i in (0, 7)]
     assert sorted(epoch_orders[0]) == sorted(epoch_orders[1]) and epoch_orders[0] != epoch_orders[1]
+
+
+def test_decoding_threads_do_not_change_the_batches(tmp_path):
+    folder = make_image_folder(tmp_path / "images", 9, bad=True)
+    serial, threaded = make_stream(folder).batches(4), make_stream(folder).batches(4, num_workers=4)
+    for _ in range(5):
+        one, other = next(serial), next(threaded)
+        assert one.names == other.names and one.position == other.position
+        assert torch.equal(one.pixel_values, other.pixel_values)
+
+
+def test_prefetch_raises_the_producer_error():
+    def failing():
+        yield 1
+        raise ValueError("broken stream")
+
+    items = prefetch(failing())
+    assert next(items) == 1
+    with pytest.raises(ValueError, match="broken stream"):
+        next(items)
 
 
 def test_processes_read_disjoint_files(tmp_path):
@@ -173,18 +193,17 @@ def test_processes_read_disjoint_files(tmp_path):
     seen = []
     for rank in (0, 1):
         batches = make_stream(folder, rank=rank, world_size=2).batches(4)
-        seen.append(set(next(batches)[1]))
+        seen.append(set(next(batches).names))
     assert seen[0].isdisjoint(seen[1]) and len(seen[0] | seen[1]) == 8
 
 
 def test_undecodable_samples_are_skipped_and_counted(tmp_path):
     folder = make_image_folder(tmp_path / "images", 4, bad=True)
-    stream = make_stream(folder, buffer=0)
-    pixel_values, names = next(stream.batches(4))
-    assert pixel_values.shape == (4, 3, 8, 8)
-    assert sorted(names) == [f"img{i:03d}.png" for i in range(4)]
-    assert stream.position.skipped_examples == 3
-    assert sorted(stream.position.skipped_names) == ["0_empty.jpg", "0_not_an_image.png", "0_truncated.jpg"]
+    batch = next(make_stream(folder, buffer=0).batches(4, num_workers=2))
+    assert batch.pixel_values.shape == (4, 3, 8, 8)
+    assert sorted(batch.names) == [f"img{i:03d}.png" for i in range(4)]
+    assert batch.position["skipped_examples"] == 3
+    assert sorted(batch.position["skipped_names"]) == ["0_empty.jpg", "0_not_an_image.png", "0_truncated.jpg"]
 
 
 def test_image_column_detection_and_errors():

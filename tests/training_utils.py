@@ -11,8 +11,6 @@ from pathlib import Path
 from conftest import REPO_ROOT
 
 TRAINING_DIR = REPO_ROOT / "training"
-if str(TRAINING_DIR) not in sys.path:
-    sys.path.insert(0, str(TRAINING_DIR))
 
 # A few seconds of training on the embedded data: the tiny preset, no tracker, small validation.
 QUICK_RUN = [

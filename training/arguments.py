@@ -53,6 +53,9 @@ class DataArguments:
     random_crop_scale_min: float = field(default=0.8, metadata={"help": "Smallest crop area of RandomResizedCrop."})
     random_crop_scale_max: float = field(default=1.0, metadata={"help": "Largest crop area of RandomResizedCrop."})
     random_flip: bool = field(default=True, metadata={"help": "Flip training images horizontally at random."})
+    dataloader_num_workers: int = field(
+        default=4, metadata={"help": "Threads that decode and crop training images (0: the training thread)."}
+    )
 
 
 @dataclass
@@ -141,6 +144,8 @@ def check_args(model_args: ModelArguments, data_args: DataArguments, training_ar
         raise ValueError("--push_to_hub needs --hub_model_id ORG/NAME.")
     if training_args.mixed_precision not in ("no", "fp16", "bf16"):
         raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {training_args.mixed_precision!r}.")
+    if data_args.dataloader_num_workers < 0:
+        raise ValueError(f"--dataloader_num_workers must be >= 0, got {data_args.dataloader_num_workers}.")
     if not 0 < data_args.random_crop_scale_min <= data_args.random_crop_scale_max <= 1:
         raise ValueError("Need 0 < --random_crop_scale_min <= --random_crop_scale_max <= 1.")
     for name in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "checkpointing_steps",

@@ -10,10 +10,14 @@ Random crops and flips are seeded per example from (seed, epoch, rank, position)
 
 from __future__ import annotations
 
+import copy
 import io
 import itertools
 import logging
+import queue
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
@@ -221,6 +225,50 @@ class StreamPosition:
         return asdict(self)
 
 
+@dataclass
+class TrainingBatch:
+    """Augmented pixel values (B, 3, R, R), the names of their examples, and the stream position after them."""
+
+    pixel_values: torch.Tensor
+    names: list[str]
+    position: dict[str, Any]
+
+
+def prefetch(iterator: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """Run `iterator` in a background thread, `depth` items ahead; its exceptions are raised here. Closing the
+    returned generator stops the thread."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in iterator:
+                if not put(item):
+                    return
+        except BaseException as error:  # handed to the consumer
+            put(error)
+        put(done)
+
+    threading.Thread(target=produce, daemon=True, name="prefetch").start()
+    try:
+        while (item := items.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
 class TrainingImageStream:
     """Endless batches of augmented training images for this process, resumable at any batch boundary.
 
@@ -263,43 +311,53 @@ class TrainingImageStream:
         self.flip = flip
         self.position = StreamPosition()
 
-    def _examples(self) -> Iterator[tuple[Any, str]]:
-        """(image value, name) pairs from the current position on, epoch after epoch."""
+    def _examples(self) -> Iterator[tuple[Any, str, int, int]]:
+        """(image value, name, epoch, index in epoch) from the current position on, epoch after epoch."""
         while True:
             self.dataset.set_epoch(self.position.epoch)
             examples = itertools.islice(iter(self.dataset), self.position.examples_in_epoch, None)
             produced = False
             for example in examples:
                 produced = True
+                epoch, index = self.position.epoch, self.position.examples_in_epoch
                 self.position.examples_in_epoch += 1
-                yield example[self.image_column], str(example.get("name", self.position.examples_in_epoch))
+                yield example[self.image_column], str(example.get("name", index)), epoch, index
             if not produced and self.position.examples_in_epoch == 0:
                 raise ValueError(f"The training stream of process {self.rank} is empty: no examples to train on.")
             self.position.epoch += 1
             self.position.examples_in_epoch = 0
 
-    def _augment(self, image: PIL.Image.Image) -> PIL.Image.Image:
-        position = self.position
-        rng = np.random.default_rng([self.seed, position.epoch, self.rank, position.examples_in_epoch])
+    def _decode_and_augment(self, example: tuple[Any, str, int, int]) -> PIL.Image.Image | None:
+        """The augmented crop of one raw example, or None if it does not decode. A pure function of the example
+        and its place in the stream (the crop is seeded from it), so it may run in any thread."""
+        value, _, epoch, index = example
+        image = decode_image(value)
+        if image is None:
+            return None
+        rng = np.random.default_rng([self.seed, epoch, self.rank, index])
         return random_resized_crop(image, self.resolution, self.crop_scale, self.flip, rng)
 
-    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, list[str]]]:
-        """Endless (pixel values (batch_size, 3, R, R), example names) batches."""
+    def batches(self, batch_size: int, num_workers: int = 0) -> Iterator[TrainingBatch]:
+        """Endless batches; `num_workers` threads decode and crop (0: this thread). Each batch carries the stream
+        position right after it, which is what a checkpoint taken after training on it must store."""
         examples = self._examples()
-        while True:
-            crops, names = [], []
-            while len(crops) < batch_size:
-                value, name = next(examples)
-                image = decode_image(value)
-                if image is None:
-                    self._record_skip(name)
-                    continue
-                crops.append(self._augment(image))
-                names.append(name)
-            pixel_values = self.processor(
-                crops, do_resize=False, do_center_crop=False, return_tensors="pt"
-            ).pixel_values
-            yield pixel_values, names
+        with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
+            prepare = pool.map if num_workers > 0 else map
+            while True:
+                crops, names = [], []
+                while len(crops) < batch_size:
+                    # each raw example gives at most one crop: reading `missing` of them never overshoots
+                    raw = [next(examples) for _ in range(batch_size - len(crops))]
+                    for example, crop in zip(raw, prepare(self._decode_and_augment, raw), strict=True):
+                        if crop is None:
+                            self._record_skip(example[1])
+                        else:
+                            crops.append(crop)
+                            names.append(example[1])
+                pixel_values = self.processor(
+                    crops, do_resize=False, do_center_crop=False, return_tensors="pt"
+                ).pixel_values
+                yield TrainingBatch(pixel_values, names, copy.deepcopy(self.position.to_dict()))
 
     def _record_skip(self, name: str) -> None:
         self.position.skipped_examples += 1

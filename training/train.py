@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import checkpointing  # noqa: E402
 from arguments import DataArguments, ModelArguments, TrainingArguments, parse_args  # noqa: E402
-from data import TrainingImageStream, load_streams, validation_batches  # noqa: E402
+from data import TrainingImageStream, load_streams, prefetch, validation_batches  # noqa: E402
 from evaluation import evaluate_reconstruction, save_validation_grid  # noqa: E402
 from losses import LossWeights, TokenizerLoss  # noqa: E402
 from model_card import write_model_card  # noqa: E402
@@ -219,8 +219,9 @@ class Trainer:
         bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)
         return self.accelerator.reduce(bad, reduction="sum").item() == 0
 
-    def train_step(self, pixel_values: torch.Tensor) -> dict[str, float] | None:
-        """One micro-batch; returns the logs when it ended an optimizer step, else None."""
+    def train_step(self, pixel_values: torch.Tensor, stream_position: dict[str, Any]) -> dict[str, float] | None:
+        """One micro-batch (and the data stream's position after it); returns the logs when it ended an optimizer
+        step, else None."""
         args, accelerator = self.args, self.accelerator
         with accelerator.accumulate(self.model):
             output = self.model(pixel_values)
@@ -247,7 +248,7 @@ class Trainer:
         self.progress.images_seen += (
             pixel_values.shape[0] * accelerator.num_processes * args.gradient_accumulation_steps
         )
-        self.stream_state_at_step = self.stream.state_dict()
+        self.stream_state_at_step = stream_position
         logs = {name: value.item() for name, value in terms.items()}
         logs.update(
             quantizer_loss=output.quantizer_loss.item(),
@@ -299,10 +300,11 @@ class Trainer:
         self.model.train()
         metrics: dict[str, float] = {}
         started, images_at_start = time.perf_counter(), self.progress.images_seen
-        batches = self.stream.batches(args.train_batch_size)
+        # Batches are decoded in threads and prepared ahead while the model trains on the current one.
+        batches = prefetch(self.stream.batches(args.train_batch_size, self.data_args.dataloader_num_workers))
         while self.progress.global_step < args.max_train_steps:
-            pixel_values, _names = next(batches)
-            logs = self.train_step(pixel_values.to(accelerator.device))
+            batch = next(batches)
+            logs = self.train_step(batch.pixel_values.to(accelerator.device), batch.position)
             if logs is None:
                 continue
             step = self.progress.global_step
@@ -319,6 +321,7 @@ class Trainer:
                 self.model.eval()
                 metrics = self.validate()
                 self.model.train()
+        batches.close()
         progress_bar.close()
         self.report_skipped()
         return metrics
@@ -350,10 +353,11 @@ class Trainer:
         )
 
     def report_skipped(self) -> None:
-        counts = torch.tensor([self.stream.position.skipped_examples], device=self.accelerator.device)
+        position = self.stream_state_at_step  # what training consumed, not what was prefetched
+        counts = torch.tensor([position["skipped_examples"]], device=self.accelerator.device)
         total = int(self.accelerator.reduce(counts, reduction="sum").item())
         if total:
-            names = ", ".join(self.stream.position.skipped_names[:5])
+            names = ", ".join(position["skipped_names"][:5])
             logger.warning(f"Skipped {total} undecodable samples in all (e.g. on this process: {names}).")
             self.accelerator.log({"train/skipped_samples": total}, step=self.progress.global_step)
 
