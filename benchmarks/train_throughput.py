@@ -24,14 +24,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_case(preset: str, batch_size: int, steps: int, warmup: int) -> dict:
+def run_case(preset: str, batch_size: int, steps: int, warmup: int, mixed_precision: str) -> dict:
     """Time `steps` training steps (after `warmup`) in this process; returns the measurements."""
     import torch
     from accelerate import Accelerator
 
     from hf_vitvq import ViTVQConfig, ViTVQModel
 
-    accelerator = Accelerator()
+    accelerator = Accelerator(mixed_precision=mixed_precision)
     torch.manual_seed(0)
     config = ViTVQConfig.from_preset(preset)
     model = ViTVQModel(config)
@@ -56,22 +56,26 @@ def run_case(preset: str, batch_size: int, steps: int, warmup: int) -> dict:
     accelerator.wait_for_everyone()
     seconds = (time.perf_counter() - start) / steps
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
+    peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
     total_rss = accelerator.reduce(torch.tensor([peak_rss], device=accelerator.device), reduction="sum").item()
     return {
         "preset": preset,
+        "device": str(accelerator.device),
+        "mixed_precision": mixed_precision,
         "batch_size": batch_size,
         "processes": accelerator.num_processes,
         "threads_per_process": torch.get_num_threads(),
         "seconds_per_step": seconds,
         "images_per_second": batch_size * accelerator.num_processes / seconds,
         "peak_rss_mib": total_rss,
+        "peak_gpu_mib": peak_gpu,
     }
 
 
-def launch(preset: str, batch_size: int, steps: int, warmup: int, processes: int) -> dict:
+def launch(preset: str, batch_size: int, steps: int, warmup: int, processes: int, mixed_precision: str = "no") -> dict:
     """Run one case in fresh process(es) and return its JSON result."""
     result_file = ROOT / "benchmarks" / f".result-{os.getpid()}.json"
-    case = ["--case", preset, str(batch_size), str(steps), str(warmup), str(result_file)]
+    case = ["--case", preset, str(batch_size), str(steps), str(warmup), mixed_precision, str(result_file)]
     env = dict(os.environ)
     if processes == 1:
         command = [sys.executable, __file__, *case]
@@ -101,14 +105,15 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["tiny", "S-128"])
     parser.add_argument("--batch_sizes", nargs="+", type=int, default=[8, 32])
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 30 for tiny, 3 otherwise)")
-    parser.add_argument("--scaling_preset", default="tiny", help="preset of the 1- vs 2-process rows")
+    parser.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"])
+    parser.add_argument("--scaling_preset", default="tiny", help="preset of the 1- vs 2-process CPU rows, or none")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "train_throughput.json")
-    parser.add_argument("--case", nargs=5, help=argparse.SUPPRESS)  # internal: one measurement in this process
+    parser.add_argument("--case", nargs=6, help=argparse.SUPPRESS)  # internal: one measurement in this process
     args = parser.parse_args()
 
     if args.case:
-        preset, batch_size, steps, warmup, result_file = args.case
-        result = run_case(preset, int(batch_size), int(steps), int(warmup))
+        preset, batch_size, steps, warmup, mixed_precision, result_file = args.case
+        result = run_case(preset, int(batch_size), int(steps), int(warmup), mixed_precision)
         if int(os.environ.get("RANK", "0")) == 0:
             Path(result_file).write_text(json.dumps(result))
         return
@@ -117,24 +122,28 @@ def main() -> None:
     for preset in args.presets:
         for batch_size in args.batch_sizes:
             steps = args.steps or (30 if preset == "tiny" else 3)
-            rows.append(launch(preset, batch_size, steps, warmup=1, processes=1))
+            rows.append(launch(preset, batch_size, steps, warmup=1, processes=1, mixed_precision=args.mixed_precision))
             print(f"  measured {preset} batch {batch_size}", file=sys.stderr)
-    for processes in (1, 2):
-        steps = args.steps or 30
-        rows.append({**launch(args.scaling_preset, 8, steps, warmup=2, processes=processes), "scaling": True})
+    scaling = [] if args.scaling_preset == "none" else [
+        {**launch(args.scaling_preset, 8, args.steps or 30, warmup=2, processes=processes), "scaling": True}
+        for processes in (1, 2)
+    ]  # fmt: skip
 
     print(f"\nTraining throughput on {machine()}\n")
-    print("| preset | batch / process | processes x threads | s / step | images / s | peak RSS (MiB, all processes) |")
-    print("|---|---|---|---|---|---|")
-    for row in rows:
+    print("| preset | device | precision | batch / process | processes x threads | s / step | images / s "
+          "| peak RSS (MiB, all processes) | peak GPU memory (MiB) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in rows + scaling:
         layout = f"{row['processes']} x {row['threads_per_process']}"
         timing = f"{row['seconds_per_step']:.3f} | {row['images_per_second']:.1f} | {row['peak_rss_mib']:.0f}"
-        print(f"| {row['preset']} | {row['batch_size']} | {layout} | {timing} |")
-    one, two = (row for row in rows if row.get("scaling"))
-    print(f"\n2 processes vs 1 ({args.scaling_preset}, batch 8 per process): "
-          f"{two['images_per_second'] / one['images_per_second']:.2f}x the images/s")  # fmt: skip
+        where = f"{row['device']} | {row['mixed_precision']}"
+        print(f"| {row['preset']} | {where} | {row['batch_size']} | {layout} | {timing} | {row['peak_gpu_mib']:.0f} |")
+    if scaling:
+        one, two = scaling
+        print(f"\n2 processes vs 1 ({args.scaling_preset}, batch 8 per process): "
+              f"{two['images_per_second'] / one['images_per_second']:.2f}x the images/s")  # fmt: skip
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+    args.output.write_text(json.dumps({"machine": machine(), "rows": rows + scaling}, indent=2))
     print(f"JSON: {args.output}")
 
 
