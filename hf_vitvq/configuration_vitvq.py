@@ -55,6 +55,9 @@ def _check_positive_int(name: str, value: Any) -> None:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
 
 
+# `ViTVQConfig.decoder_head` values: a linear pixel head, or TiTok's two-stage MaskGIT-VQGAN head.
+DECODER_HEADS = ("pixels", "maskgit_vqgan")
+
 PRESETS: dict[str, dict[str, Any]] = {
     "S-128": _symmetric("S", 128),
     "B-64": _symmetric("B", 64),
@@ -158,6 +161,23 @@ class ViTVQConfig(PretrainedConfig):
         attention_probs_dropout_prob (`float`, defaults to 0.0): dropout on the attention probabilities.
         initializer_range (`float`, defaults to 0.02): std of the truncated normal init of linear, conv and
             embedding weights.
+        pixel_value_range (`tuple[float, float]`, defaults to `(-1.0, 1.0)`): range of the pixel values the model
+            reads and reconstructs, i.e. what its image processor maps 0..255 to: [-1, 1] for models trained with
+            the default [`ViTVQImageProcessor`], [0, 1] for the published TiTok checkpoints.
+        legacy_latent_layout (`bool`, defaults to `False`): reinterpret the encoder's `(B, L, W)` latent tokens in
+            memory as `(B, W, L)` (a reshape, not a transpose) before the output projection, as TiTok's released
+            two-stage checkpoints do (their `is_legacy: true`); only needed to reproduce those checkpoints.
+        decoder_head (`str`, defaults to `"pixels"`): how the decoder turns its patch features into pixels.
+            `"pixels"`: a linear layer predicts each patch's pixels, then a 3x3 conv (TiTok's single-stage models).
+            `"maskgit_vqgan"`: TiTok's two-stage head: per patch, a softmax over the codes of a MaskGIT-VQGAN
+            codebook, whose weighted sum of codes the MaskGIT-VQGAN convolutional decoder turns into pixels.
+        maskgit_num_codes (`int`, defaults to 1024): codes of the MaskGIT-VQGAN codebook (`"maskgit_vqgan"` head).
+        maskgit_code_dim (`int`, defaults to 256): dimension of those codes, the convolutional decoder's input.
+        maskgit_hidden_channels (`int`, defaults to 128): base width of the convolutional decoder.
+        maskgit_channel_mult (`tuple[int, ...]`, defaults to `(1, 1, 2, 2, 4)`): width of each resolution level
+            of the convolutional decoder, highest resolution first, as multiples of `maskgit_hidden_channels`; the
+            decoder upsamples by `2 ** (len(maskgit_channel_mult) - 1)`, which must equal `patch_size`.
+        maskgit_num_res_blocks (`int`, defaults to 2): ResNet blocks per level of the convolutional decoder.
 
     Example:
 
@@ -210,8 +230,19 @@ class ViTVQConfig(PretrainedConfig):
     hidden_dropout_prob: float | int = 0.0
     attention_probs_dropout_prob: float | int = 0.0
     initializer_range: float = 0.02
+    pixel_value_range: list[float] | tuple[float, float] = (-1.0, 1.0)
+    legacy_latent_layout: bool = False
+    decoder_head: str = "pixels"
+    maskgit_num_codes: int = 1024
+    maskgit_code_dim: int = 256
+    maskgit_hidden_channels: int = 128
+    maskgit_channel_mult: list[int] | tuple[int, ...] = (1, 1, 2, 2, 4)
+    maskgit_num_res_blocks: int = 2
 
     def __post_init__(self, **kwargs: Any) -> None:
+        # Lists, as they come back from config.json, so that a saved and reloaded config compares equal.
+        self.pixel_value_range = [float(value) for value in self.pixel_value_range]
+        self.maskgit_channel_mult = list(self.maskgit_channel_mult)
         self.fsq_levels = None if self.fsq_levels is None else list(self.fsq_levels)
         super().__post_init__(**kwargs)
         self._check_hyperparameters()
@@ -252,6 +283,31 @@ class ViTVQConfig(PretrainedConfig):
                 raise ValueError(f"`{name}` must be in [0, 1), got {getattr(self, name)!r}.")
         if not self.layer_norm_eps > 0:
             raise ValueError(f"`layer_norm_eps` must be > 0, got {self.layer_norm_eps!r}.")
+        if len(self.pixel_value_range) != 2 or not self.pixel_value_range[0] < self.pixel_value_range[1]:
+            raise ValueError(f"`pixel_value_range` must be (low, high) with low < high, got {self.pixel_value_range}.")
+        if self.decoder_head not in DECODER_HEADS:
+            raise ValueError(f"`decoder_head` must be one of {DECODER_HEADS}, got {self.decoder_head!r}.")
+        if self.decoder_head == "maskgit_vqgan":
+            self._check_maskgit_vqgan_sizes()
+
+    def _check_maskgit_vqgan_sizes(self) -> None:
+        for name in ("maskgit_num_codes", "maskgit_code_dim", "maskgit_hidden_channels", "maskgit_num_res_blocks"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        mult = self.maskgit_channel_mult
+        if not mult or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in mult):
+            raise ValueError(f"`maskgit_channel_mult` must be a non-empty list of positive integers, got {mult}.")
+        if 2 ** (len(mult) - 1) != self.patch_size:
+            raise ValueError(
+                f"The MaskGIT-VQGAN decoder upsamples by 2 ** (len(maskgit_channel_mult) - 1) = {2 ** (len(mult) - 1)}"
+                f", which must equal `patch_size` ({self.patch_size}) to rebuild the image from its patch grid."
+            )
+        if self.maskgit_hidden_channels % 32:
+            raise ValueError(
+                f"`maskgit_hidden_channels` ({self.maskgit_hidden_channels}) must be divisible by 32, the number of "
+                "groups of the MaskGIT-VQGAN decoder's GroupNorm layers."
+            )
 
     def _check_quantizer(self) -> None:
         """Raise a `ValueError` naming the first quantizer field that is out of range or inconsistent."""

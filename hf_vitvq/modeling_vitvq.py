@@ -23,6 +23,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_vitvq import TransformerSizes, ViTVQConfig
+from .modeling_maskgit_vqgan import MaskGitVQGANHead
 from .quantizer_base import Quantizer
 from .quantizer_fsq import FiniteScalarQuantizer
 from .quantizer_kl import DiagonalGaussianQuantizer
@@ -187,6 +188,7 @@ class ViTVQEncoder(nn.Module):
         width = sizes.hidden_size
         num_prefix = int(config.use_class_token)
         self.num_latent_tokens = config.num_latent_tokens
+        self.legacy_latent_layout = config.legacy_latent_layout
         self.patch_embeddings = nn.Conv2d(
             config.num_channels, width, kernel_size=config.patch_size, stride=config.patch_size
         )
@@ -207,6 +209,10 @@ class ViTVQEncoder(nn.Module):
         latent_tokens = (self.latent_tokens + self.latent_position_embeddings).expand(batch_size, -1, -1)
         hidden_states = torch.cat([image_tokens, latent_tokens], dim=1)  # (B, [cls] + grid^2 + L, W)
         latents = self.transformer(hidden_states, keep=slice(-self.num_latent_tokens, None))  # (B, L, W)
+        if self.legacy_latent_layout:
+            # TiTok's two-stage checkpoints read the (B, L, W) memory as (B, W, L): a reshape, not a transpose.
+            # (B, L, W) -> (B, W, L) -> (B, L, W)
+            latents = latents.reshape(batch_size, -1, self.num_latent_tokens).transpose(1, 2)
         return self.projection(latents)
 
 
@@ -228,8 +234,10 @@ class ViTVQDecoder(nn.Module):
         self.latent_position_embeddings = nn.Parameter(torch.empty(config.num_latent_tokens, width))
         self.transformer = ViTVQTransformer(config, sizes)
         self.keep = slice(num_prefix, num_prefix + config.num_patches)
-        self.pixel_projection = nn.Linear(width, config.patch_size**2 * config.num_channels)
-        self.conv_out = nn.Conv2d(config.num_channels, config.num_channels, kernel_size=3, padding=1)
+        is_maskgit = config.decoder_head == "maskgit_vqgan"
+        self.maskgit_head = MaskGitVQGANHead(config) if is_maskgit else None
+        self.pixel_projection = None if is_maskgit else nn.Linear(width, config.patch_size**2 * config.num_channels)
+        self.conv_out = None if is_maskgit else nn.Conv2d(config.num_channels, config.num_channels, 3, padding=1)
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, L, codebook_dim) codes -> (B, C, H, W) pixels."""
@@ -239,7 +247,10 @@ class ViTVQDecoder(nn.Module):
         prefix = [] if self.class_embedding is None else [self.class_embedding.expand(batch_size, -1, -1)]
         image_tokens = torch.cat([*prefix, mask_tokens], dim=1) + self.position_embeddings
         hidden_states = torch.cat([image_tokens, latent_tokens], dim=1)  # (B, [cls] + grid^2 + L, W)
-        patches = self.pixel_projection(self.transformer(hidden_states, keep=self.keep))  # (B, grid^2, p*p*C)
+        patch_features = self.transformer(hidden_states, keep=self.keep)  # (B, grid^2, W)
+        if self.maskgit_head is not None:
+            return self.maskgit_head(patch_features)
+        patches = self.pixel_projection(patch_features)  # (B, grid^2, p*p*C)
         return self.conv_out(self.depth_to_space(patches))
 
     def depth_to_space(self, patches: torch.Tensor) -> torch.Tensor:
@@ -271,9 +282,9 @@ class ViTVQPreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.weight, mean=0.0, std=self.config.initializer_range)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):  # the codebook, the model's only embedding table
+        elif isinstance(module, nn.Embedding):  # codebooks: the quantizer's and the MaskGIT-VQGAN head's
             init.uniform_(module.weight, -1.0 / module.num_embeddings, 1.0 / module.num_embeddings)
-        elif isinstance(module, nn.LayerNorm):
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
             init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, (ViTVQEncoder, ViTVQDecoder)):

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import torch
 from conftest import tiny_config_kwargs
@@ -41,19 +42,45 @@ LOADER = textwrap.dedent(
     assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
     pixel_values = load_file(inputs_path)["pixel_values"]
     output = model(pixel_values)
+    codes = model.encode(pixel_values)  # token ids; latents for continuous tokens
     image = Image.new("RGB", (40, 50), (200, 30, 90))
-    save_file(
-        {
-            "token_ids": model.encode(pixel_values),
-            "reconstruction": output.reconstruction.detach(),
-            "decoded": model.decode(output.token_ids),
-            "processed": processor(image, return_tensors="pt").pixel_values,
-        },
-        outputs_path,
-    )
+    outputs = {
+        "token_ids": codes,
+        "reconstruction": output.reconstruction.detach(),
+        "decoded": model.decode(codes),
+        "processed": processor(image, return_tensors="pt").pixel_values,
+    }
+    save_file({name: tensor.contiguous() for name, tensor in outputs.items()}, outputs_path)
     print(type(model).__name__, type(processor).__name__)
     """
 )
+
+
+def load_without_the_package(folder: Path, pixel_values: torch.Tensor, tmp_path: Path) -> dict[str, torch.Tensor]:
+    """Run `LOADER` on the saved `folder` in a fresh interpreter that cannot import hf_vitvq, and return what it
+    computed from `pixel_values`: token_ids (latents for continuous tokens), reconstruction, decoded, and
+    `processed` (a 40x50 image)."""
+    save_file({"pixel_values": pixel_values}, tmp_path / "inputs.safetensors")
+    script = tmp_path / "load.py"
+    script.write_text(LOADER)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(folder),
+            str(tmp_path / "inputs.safetensors"),
+            str(tmp_path / "out.safetensors"),
+        ],
+        cwd=tmp_path,  # not the repository root, where hf_vitvq/ would be importable
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ViTVQModel ViTVQImageProcessor" in result.stdout
+    return load_file(tmp_path / "out.safetensors")
 
 
 def test_saved_folder_loads_with_remote_code_without_the_package(tmp_path):
@@ -75,28 +102,7 @@ def test_saved_folder_loads_with_remote_code_without_the_package(tmp_path):
     assert (folder / "modeling_vitvq.py").is_file() and (folder / "quantizer_vq.py").is_file()
 
     pixel_values = torch.rand(2, 3, 32, 32) * 2 - 1
-    save_file({"pixel_values": pixel_values}, tmp_path / "inputs.safetensors")
-    script = tmp_path / "load.py"
-    script.write_text(LOADER)
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            str(folder),
-            str(tmp_path / "inputs.safetensors"),
-            str(tmp_path / "out.safetensors"),
-        ],
-        cwd=tmp_path,  # not the repository root, where hf_vitvq/ would be importable
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "ViTVQModel ViTVQImageProcessor" in result.stdout
-
-    remote = load_file(tmp_path / "out.safetensors")
+    remote = load_without_the_package(folder, pixel_values, tmp_path)
     output = model(pixel_values)
     assert torch.equal(remote["token_ids"], model.encode(pixel_values))
     assert torch.equal(remote["reconstruction"], output.reconstruction.detach())
