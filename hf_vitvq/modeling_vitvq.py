@@ -11,6 +11,7 @@ image. The computation (and the parameter layout, up to names) is that of the pu
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -213,7 +214,10 @@ class ViTVQEncoder(nn.Module):
             # TiTok's two-stage checkpoints read the (B, L, W) memory as (B, W, L): a reshape, not a transpose.
             # (B, L, W) -> (B, W, L) -> (B, L, W)
             latents = latents.reshape(batch_size, -1, self.num_latent_tokens).transpose(1, 2)
-        return self.projection(latents)
+        # The nearest-code search reads these few numbers: under bf16 autocast, rounding them flips near-tied codes,
+        # so the (small) projection runs in the weights' dtype.
+        with torch.autocast(device_type=latents.device.type, enabled=False):
+            return self.projection(latents.to(self.projection.weight.dtype))
 
 
 class ViTVQDecoder(nn.Module):
@@ -294,6 +298,18 @@ class ViTVQPreTrainedModel(PreTrainedModel):
             module.init_weights()
 
 
+def inference_mode_unless_compiling(function: Callable) -> Callable:
+    """Run `function` under `torch.inference_mode()`, or under `torch.no_grad()` while `torch.compile` traces it
+    (the compiler cannot trace parameters inside inference mode: "Cannot set version_counter for inference tensor")."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with torch.no_grad() if torch.compiler.is_compiling() else torch.inference_mode():
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
 class ViTVQModel(ViTVQPreTrainedModel):
     """The ViT-VQ tokenizer: `encode` images to token ids, `decode` token ids to images, `forward` for training."""
 
@@ -339,6 +355,7 @@ class ViTVQModel(ViTVQPreTrainedModel):
         Empty for `"kl"`. Identical on every process under DDP."""
         return self.quantize.codebook_health()
 
+    @inference_mode_unless_compiling
     def encode(self, pixel_values: torch.Tensor) -> torch.LongTensor | torch.FloatTensor:
         """Tokenize images.
 
@@ -355,7 +372,7 @@ class ViTVQModel(ViTVQPreTrainedModel):
         output = self.quantize(self.encoder(pixel_values))
         return output.quantized if self.quantize.is_continuous else output.indices
 
-    @torch.inference_mode()
+    @inference_mode_unless_compiling
     def decode(self, token_ids: torch.Tensor) -> torch.FloatTensor:
         """Turn token ids back into images.
 
@@ -373,7 +390,7 @@ class ViTVQModel(ViTVQPreTrainedModel):
         self._check_token_ids(token_ids)
         return self.decoder(self.quantize.indices_to_codes(token_ids).to(self.dtype))
 
-    @torch.inference_mode()
+    @inference_mode_unless_compiling
     def decode_latents(self, quantized_latents: torch.Tensor) -> torch.FloatTensor:
         """Decode continuous `(batch_size, num_latent_tokens, codebook_dim)` latents (e.g. codes interpolated by a
         downstream model, or `ViTVQModelOutput.quantized_latents`) into `(batch_size, C, H, W)` pixel values."""
