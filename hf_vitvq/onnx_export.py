@@ -1,0 +1,98 @@
+"""ONNX export of a [`ViTVQModel`]: the encoder (pixels -> token ids) and the decoder (token ids -> pixels) as two
+graphs with a dynamic batch dimension, so that a tokenizer runs under onnxruntime without PyTorch.
+
+Needs the `onnx` extra (`pip install "hf-vitvq[onnx]"`: onnx, onnxscript and onnxruntime to check the result).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .modeling_vitvq import ViTVQModel
+
+ENCODER_FILE = "encoder.onnx"
+DECODER_FILE = "decoder.onnx"
+
+
+class ViTVQEncodeGraph(nn.Module):
+    """`model.encode` as a module: (batch_size, C, H, W) float pixels -> (batch_size, num_latent_tokens) int64 ids."""
+
+    def __init__(self, model: ViTVQModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(pixel_values)
+
+
+class ViTVQDecodeGraph(nn.Module):
+    """`model.decode` as a module: (batch_size, num_latent_tokens) int64 ids -> (batch_size, C, H, W) pixels."""
+
+    def __init__(self, model: ViTVQModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(token_ids)
+
+
+def export_onnx(
+    model: ViTVQModel, output_dir: str | Path, opset_version: int = 18, example_batch_size: int = 2
+) -> dict[str, Path]:
+    """Export `model` to `output_dir/encoder.onnx` and `output_dir/decoder.onnx` (float32, dynamic batch size).
+
+    The encoder graph takes `pixel_values` (batch_size, num_channels, image_size, image_size) float32, normalised as
+    [`ViTVQImageProcessor`] does, and returns `token_ids` (batch_size, num_latent_tokens) int64; the decoder graph
+    takes `token_ids` and returns `pixel_values`. Both compute what [`ViTVQModel.encode`] / `decode` compute.
+
+    Args:
+        model: the tokenizer; it is exported in eval mode on the CPU in float32 (the model itself is not changed).
+        output_dir: folder for the two files (created if missing).
+        opset_version: ONNX opset of the graphs.
+        example_batch_size: batch size of the example inputs traced (any size >= 2 gives the same graphs).
+
+    Returns:
+        `{"encoder": path, "decoder": path}`.
+    """
+    if example_batch_size < 2:
+        raise ValueError("`example_batch_size` must be >= 2: a batch of 1 would be traced as a fixed size.")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    was_training, device, dtype = model.training, model.device, model.dtype
+    model.eval().to("cpu", torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    pixel_values = torch.rand(
+        example_batch_size, config.num_channels, config.image_size, config.image_size, generator=generator
+    )
+    token_ids = torch.randint(0, config.codebook_size, (example_batch_size, config.num_latent_tokens))
+    batch = torch.export.Dim("batch_size", min=1)
+    graphs = {
+        "encoder": (ViTVQEncodeGraph(model).eval(), pixel_values, "pixel_values", "token_ids", ENCODER_FILE),
+        "decoder": (ViTVQDecodeGraph(model).eval(), token_ids, "token_ids", "pixel_values", DECODER_FILE),
+    }
+    paths = {}
+    try:
+        for name, (module, example, input_name, output_name, file_name) in graphs.items():
+            paths[name] = output_dir / file_name
+            torch.onnx.export(
+                module,
+                (example,),
+                paths[name],
+                input_names=[input_name],
+                output_names=[output_name],
+                dynamic_shapes={input_name: {0: batch}},
+                opset_version=opset_version,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        model.to(device, dtype).train(was_training)
+    return paths
+
+
+__all__ = ["export_onnx", "ViTVQEncodeGraph", "ViTVQDecodeGraph", "ENCODER_FILE", "DECODER_FILE"]
