@@ -248,20 +248,53 @@ def test_parquet_images_stream_and_hold_out_validation(tmp_path):
     assert [example["label"] for example in train] == [2, 3, 4, 5]
 
 
+def test_webdataset_shards_stream_with_detected_column_and_per_rank_shards(tmp_path):
+    import tarfile
+
+    for shard in range(2):
+        with tarfile.open(tmp_path / f"shard-{shard}.tar", "w") as tar:
+            for index in range(3):
+                members = {"jpg": png_bytes((shard * 100, index * 50, 0)), "cls": str(index).encode()}
+                for suffix, data in members.items():  # (PNG bytes under .jpg: PIL reads by content)
+                    info = tarfile.TarInfo(f"s{shard}{index}.{suffix}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    _, data_args, _ = parse_args(["--dataset_name", "webdataset", "--data_files", str(tmp_path / "shard-*.tar"),
+                                  "--validation_split", "train"])  # fmt: skip
+    train, _, column = load_streams(data_args, resolution=8)
+    assert column == "jpg"
+    names = [
+        set(next(TrainingImageStream(train, column, ViTVQImageProcessor.for_image_size(8), 8, seed=0, rank=rank,
+                                     world_size=2, shuffle_buffer_size=0).batches(3)).names)
+        for rank in (0, 1)
+    ]  # fmt: skip
+    assert names == [{"s00", "s01", "s02"}, {"s10", "s11", "s12"}]
+
+
 # ---------------------------------------------------------------------------------------------- loss
 
 
 def test_loss_composition_weights_every_term():
     images = torch.zeros(1, 3, 2, 2)
-    output = ViTVQModelOutput(
-        reconstruction=torch.full((1, 3, 2, 2), 0.5),
-        codebook_loss=torch.tensor(0.2),
-        commitment_loss=torch.tensor(0.05),
-        quantizer_loss=torch.tensor(0.25),
-    )
+    output = ViTVQModelOutput(reconstruction=torch.full((1, 3, 2, 2), 0.5), quantizer_loss=torch.tensor(0.25))
     terms = TokenizerLoss(LossWeights(reconstruction_l1=2.0, reconstruction_l2=3.0, quantizer=4.0))(images, output)
     assert terms["l1_loss"].item() == pytest.approx(0.5) and terms["l2_loss"].item() == pytest.approx(0.25)
     assert terms["loss"].item() == pytest.approx(2 * 0.5 + 3 * 0.25 + 4 * 0.25)
     assert "l1_loss" not in TokenizerLoss(LossWeights(reconstruction_l1=0.0))(images, output)
     with pytest.raises(ValueError, match="At least one"):
         TokenizerLoss(LossWeights(reconstruction_l1=0.0, reconstruction_l2=0.0))
+
+
+def test_code_histogram_reaches_tensorboard_with_one_bucket_per_code(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+    from train import write_code_histogram
+
+    writer = SummaryWriter(tmp_path)
+    write_code_histogram(writer, torch.tensor([[0.5, 0.0, 0.25, 0.25], [0.0, 0.0, 1.0, 0.0]]), step=3)
+    writer.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    [event] = events.Histograms("train/code_frequency")
+    assert event.step == 3 and list(event.histogram_value.bucket) == [0.5, 0.0, 1.25, 0.25]

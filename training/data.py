@@ -321,7 +321,8 @@ class TrainingImageStream:
                 produced = True
                 epoch, index = self.position.epoch, self.position.examples_in_epoch
                 self.position.examples_in_epoch += 1
-                yield example[self.image_column], str(example.get("name", index)), epoch, index
+                name = example.get("name") or example.get("__key__") or index  # webdataset samples have keys
+                yield example[self.image_column], str(name), epoch, index
             if not produced and self.position.examples_in_epoch == 0:
                 raise ValueError(f"The training stream of process {self.rank} is empty: no examples to train on.")
             self.position.epoch += 1

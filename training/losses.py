@@ -22,8 +22,8 @@ class LossWeights:
 
 
 class TokenizerLoss:
-    """total = w_l1 * |x - x_hat| + w_l2 * (x - x_hat)^2 + w_q * (codebook + commitment loss); terms with weight 0
-    are skipped."""
+    """total = w_l1 * |x - x_hat| + w_l2 * (x - x_hat)^2 + w_q * quantizer loss (codebook + commitment, entropy,
+    KL, ... as the model's quantizer defines it); reconstruction terms with weight 0 are skipped."""
 
     def __init__(self, weights: LossWeights) -> None:
         if min(weights.reconstruction_l1, weights.reconstruction_l2, weights.quantizer) < 0:
@@ -33,7 +33,8 @@ class TokenizerLoss:
         self.weights = weights
 
     def __call__(self, images: torch.Tensor, output: ViTVQModelOutput) -> dict[str, torch.Tensor]:
-        """Named terms (unweighted) and `loss`, their weighted sum; computed in float32."""
+        """Named terms (unweighted; the quantizer's own terms are in `output.quantizer_stats`) and `loss`, their
+        weighted sum; computed in float32."""
         reconstruction = output.reconstruction.float()
         images = images.float()
         terms: dict[str, torch.Tensor] = {}
@@ -41,8 +42,7 @@ class TokenizerLoss:
             terms["l1_loss"] = F.l1_loss(reconstruction, images)
         if self.weights.reconstruction_l2:
             terms["l2_loss"] = F.mse_loss(reconstruction, images)
-        terms["codebook_loss"] = output.codebook_loss
-        terms["commitment_loss"] = output.commitment_loss
+        terms["quantizer_loss"] = output.quantizer_loss
         terms["loss"] = (
             self.weights.reconstruction_l1 * terms.get("l1_loss", 0.0)
             + self.weights.reconstruction_l2 * terms.get("l2_loss", 0.0)

@@ -88,6 +88,24 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     ]
 
 
+def write_code_histogram(writer: Any, frequency: torch.Tensor, step: int) -> None:
+    """Log a (..., codebook_size) code-frequency histogram (summed over RVQ levels) to a tensorboard writer, one
+    bucket per code."""
+    counts = frequency.reshape(-1, frequency.shape[-1]).sum(dim=0).double().cpu()
+    codes = torch.arange(counts.numel(), dtype=torch.float64)
+    writer.add_histogram_raw(
+        "train/code_frequency",
+        min=0.0,
+        max=float(counts.numel() - 1),
+        num=float(counts.sum()),
+        sum=float((codes * counts).sum()),
+        sum_squares=float((codes**2 * counts).sum()),
+        bucket_limits=(codes + 0.5).tolist(),
+        bucket_counts=counts.tolist(),
+        global_step=step,
+    )
+
+
 def resolve_report_to(report_to: str) -> str | None:
     """`auto` means tensorboard when it is installed, otherwise no tracker."""
     if report_to == "auto":
@@ -249,14 +267,8 @@ class Trainer:
             pixel_values.shape[0] * accelerator.num_processes * args.gradient_accumulation_steps
         )
         self.stream_state_at_step = stream_position
-        logs = {name: value.item() for name, value in terms.items()}
-        logs.update(
-            quantizer_loss=output.quantizer_loss.item(),
-            perplexity=output.perplexity.item(),
-            batch_codebook_usage=output.token_ids.unique().numel() / self.config.codebook_size,
-            grad_norm=float(grad_norm),
-            lr=self.lr_scheduler.get_last_lr()[0],
-        )
+        logs = {name: value.item() for name, value in {**output.quantizer_stats, **terms}.items()}
+        logs.update(grad_norm=float(grad_norm), lr=self.lr_scheduler.get_last_lr()[0])
         return logs
 
     def evaluation_model(self) -> ViTVQModel:
@@ -329,9 +341,16 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ messages and export
 
     def log_train(self, logs: dict[str, float]) -> None:
-        """Send training scalars to the trackers and append them to `output_dir/train_log.jsonl`."""
+        """Send training scalars and the codebook's health over the recent steps (usage, perplexity, dead codes;
+        the code histogram to tensorboard) to the trackers, and append the scalars to `output_dir/train_log.jsonl`."""
         step = self.progress.global_step
+        health = self.accelerator.unwrap_model(self.model).codebook_health()
+        histogram = health.pop("code_frequency", None)
+        logs = {**logs, **{name: value.item() for name, value in health.items()}}
         self.accelerator.log({f"train/{name}": value for name, value in logs.items()}, step=step)
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard" and histogram is not None:
+                write_code_histogram(tracker.writer, histogram, step)
         if self.accelerator.is_main_process:
             with (self.output_dir / "train_log.jsonl").open("a") as log_file:
                 log_file.write(json.dumps({"step": step, **logs}) + "\n")
