@@ -318,6 +318,18 @@ class ViTVQImageProcessor(PilBackend):
         )
 
     @classmethod
+    def for_config(cls, config: Any, **kwargs: Any) -> ViTVQImageProcessor:
+        """The processor matching a `ViTVQConfig`: its `image_size`, and a normalisation that maps 0..255 pixels onto
+        its `pixel_value_range` ([-1, 1] for models trained here, [0, 1] for converted TiTok checkpoints)."""
+        low, high = config.pixel_value_range
+        if (low, high) == (0.0, 1.0):
+            kwargs.setdefault("do_normalize", False)
+        else:  # (x - mean) / std maps [0, 1] onto [low, high]
+            kwargs.setdefault("image_mean", [-low / (high - low)] * 3)
+            kwargs.setdefault("image_std", [1 / (high - low)] * 3)
+        return cls.for_image_size(config.image_size, **kwargs)
+
+    @classmethod
     def for_image_size(cls, image_size: int, **kwargs: Any) -> ViTVQImageProcessor:
         """The processor for a model of `image_size` x `image_size` inputs: resize the short side to `image_size`,
         centre-crop a square of that size (other settings as `kwargs`)."""

@@ -498,3 +498,17 @@ def test_for_image_size_resizes_and_crops_to_the_model_size():
 def test_batched_pixel_values_are_contiguous():
     pixel_values = ViTVQImageProcessor.for_image_size(16)([PIL.Image.new("RGB", (20, 30))] * 2, return_tensors="pt")
     assert pixel_values.pixel_values.is_contiguous()
+
+
+@pytest.mark.parametrize(
+    ("value_range", "expected"), [((-1.0, 1.0), (-1.0, 1.0)), ((0.0, 1.0), (0.0, 1.0)), ((-2.0, 6.0), (-2.0, 6.0))]
+)
+def test_for_config_maps_pixels_onto_the_config_range(value_range, expected):
+    from types import SimpleNamespace
+
+    processor = ViTVQImageProcessor.for_config(SimpleNamespace(image_size=8, pixel_value_range=value_range))
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    image[0, 0] = 255
+    pixel_values = processor(image, return_tensors="pt").pixel_values
+    assert (pixel_values.min().item(), pixel_values.max().item()) == pytest.approx(expected)
+    assert np.array_equal(processor.postprocess(pixel_values, output_type="np")[0], image)

@@ -35,7 +35,7 @@ def load_model(name_or_path: str) -> tuple[ViTVQModel, ViTVQImageProcessor]:
     """A trained model folder (or Hub id), or an untrained preset such as `tiny`."""
     if name_or_path in ViTVQConfig.presets():
         model = ViTVQModel(ViTVQConfig.from_preset(name_or_path))
-        return model, ViTVQImageProcessor.for_image_size(model.config.image_size)
+        return model, ViTVQImageProcessor.for_config(model.config)
     return ViTVQModel.from_pretrained(name_or_path), ViTVQImageProcessor.from_pretrained(name_or_path)
 
 

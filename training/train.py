@@ -135,7 +135,7 @@ class Trainer:
         set_seed(args.seed)
         self.config = build_config(model_args, data_args.resolution)
         self.resolution = self.config.image_size
-        self.processor = ViTVQImageProcessor.for_image_size(self.resolution)
+        self.processor = ViTVQImageProcessor.for_config(self.config)
 
         # Data before the model: a dataset without a usable image column fails here, before any work.
         train_stream, validation_stream, image_column = load_streams(data_args, self.resolution)
