@@ -42,7 +42,8 @@ class DiagonalGaussianQuantizer(Quantizer):
         with torch.autocast(device_type=moments.device.type, enabled=False):
             mean, logvar = gaussian_parameters(moments.float())
             std = torch.exp(0.5 * logvar)
-            latents = mean + std * torch.randn_like(mean) if self.training else mean
+            # (the mean is a view of half the channels: contiguous, so callers can save or view it)
+            latents = mean + std * torch.randn_like(mean) if self.training else mean.contiguous()
             losses = {"kl_loss": self.kl_loss_weight * gaussian_kl(mean, logvar).mean()}
             return QuantizerOutput(latents, None, losses, {"posterior_std": std.detach().mean()})
 

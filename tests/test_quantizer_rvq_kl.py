@@ -68,3 +68,12 @@ def test_gaussian_kl_is_summed_over_tokens_and_channels():
 def test_kl_indices_to_codes_rejects_integer_ids():
     with pytest.raises(TypeError, match="no token ids"):
         kl_quantizer().indices_to_codes(torch.zeros(1, 7, dtype=torch.long))
+
+
+def test_kl_latents_at_inference_are_contiguous():
+    from safetensors.torch import save
+
+    quantizer = DiagonalGaussianQuantizer(ViTVQConfig(**tiny_config_kwargs(quantizer_type="kl"))).eval()
+    latents = quantizer(torch.randn(2, 3, 2 * 5)).quantized
+    assert latents.is_contiguous()
+    save({"latents": latents})  # what a user does with encode()'s output

@@ -50,7 +50,7 @@ LOADER = textwrap.dedent(
         "decoded": model.decode(codes),
         "processed": processor(image, return_tensors="pt").pixel_values,
     }
-    save_file({name: tensor.contiguous() for name, tensor in outputs.items()}, outputs_path)
+    save_file(outputs, outputs_path)
     print(type(model).__name__, type(processor).__name__)
     """
 )
