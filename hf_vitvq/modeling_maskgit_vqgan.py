@@ -139,4 +139,5 @@ class MaskGitVQGANHead(nn.Module):
         codes = torch.einsum("bkhw,kd->bdhw", logits.softmax(dim=1), self.codebook.weight)
         return self.decoder(codes).contiguous()  # einsum's output is channels-last in memory, and so is the conv's
 
+
 __all__ = ["MaskGitResnetBlock", "MaskGitUpBlock", "MaskGitVQGANDecoder", "MaskGitVQGANHead"]

@@ -235,11 +235,17 @@ def test_command_line_converts_a_weights_file(tmp_path):
     output = tmp_path / "out"
     result = subprocess.run(
         [
-            sys.executable, "-m", "hf_vitvq.convert_titok",
-            "--checkpoint", str(FIXTURES / SINGLE_STAGE / "model.safetensors"),
-            "--output", str(output),
-            "--extra_model_size", "tiny=32,2,4",
-            "--extra_model_size", "mini=64,3,4",
+            sys.executable,
+            "-m",
+            "hf_vitvq.convert_titok",
+            "--checkpoint",
+            str(FIXTURES / SINGLE_STAGE / "model.safetensors"),
+            "--output",
+            str(output),
+            "--extra_model_size",
+            "tiny=32,2,4",
+            "--extra_model_size",
+            "mini=64,3,4",
         ],  # fmt: skip
         cwd=Path(__file__).parent.parent,
         capture_output=True,
