@@ -21,8 +21,8 @@ def to_unit_range(processor: ViTVQImageProcessor, pixel_values: torch.Tensor) ->
 def evaluate_reconstruction(
     model: ViTVQModel, processor: ViTVQImageProcessor, batches: list[torch.Tensor]
 ) -> dict[str, float]:
-    """Mean PSNR (dB) and SSIM over `batches` of validation pixel values, the fraction of codes used on them, and
-    the perplexity of those codes."""
+    """Mean PSNR (dB) and SSIM over `batches` of validation pixel values and, for discrete tokens, the fraction of
+    codes used on them and the perplexity of those codes."""
     was_training = model.training
     model.eval()
     psnrs, ssims, token_ids = [], [], []
@@ -33,16 +33,16 @@ def evaluate_reconstruction(
         reconstructions = to_unit_range(processor, output.reconstruction.float().cpu())
         psnrs.append(psnr(reconstructions, originals))
         ssims.append(ssim(reconstructions, originals))
-        token_ids.append(output.token_ids.cpu())
+        if output.token_ids is not None:
+            token_ids.append(output.token_ids.cpu())
     model.train(was_training)
-    all_ids = torch.cat(token_ids)
-    codebook_size = model.config.codebook_size
-    return {
-        "psnr": torch.cat(psnrs).mean().item(),
-        "ssim": torch.cat(ssims).mean().item(),
-        "codebook_usage": codebook_usage(all_ids, codebook_size).item(),
-        "perplexity": code_perplexity(all_ids, codebook_size).item(),
-    }
+    metrics = {"psnr": torch.cat(psnrs).mean().item(), "ssim": torch.cat(ssims).mean().item()}
+    if token_ids:  # discrete tokens (continuous "kl" tokens have no ids)
+        all_ids = torch.cat(token_ids)
+        codebook_size = model.config.codebook_size
+        metrics["codebook_usage"] = codebook_usage(all_ids, codebook_size).item()
+        metrics["perplexity"] = code_perplexity(all_ids, codebook_size).item()
+    return metrics
 
 
 @torch.no_grad()
