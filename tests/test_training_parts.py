@@ -298,3 +298,21 @@ def test_code_histogram_reaches_tensorboard_with_one_bucket_per_code(tmp_path):
     events.Reload()
     [event] = events.Histograms("train/code_frequency")
     assert event.step == 3 and list(event.histogram_value.bucket) == [0.5, 0.0, 1.25, 0.25]
+
+
+def test_validation_metrics_for_discrete_and_continuous_tokens():
+    from conftest import tiny_config_kwargs
+    from evaluation import evaluate_reconstruction
+
+    from hf_vitvq import ViTVQConfig, ViTVQModel
+
+    processor = ViTVQImageProcessor.for_image_size(32)
+    batches = [processor([PIL.Image.new("RGB", (32, 32), (i * 60, 90, 30)) for i in range(3)], return_tensors="pt")
+               .pixel_values]  # fmt: skip
+    for quantizer_type, expected in (
+        ("vq", {"psnr", "ssim", "codebook_usage", "perplexity"}),
+        ("kl", {"psnr", "ssim"}),
+    ):
+        model = ViTVQModel(ViTVQConfig(**tiny_config_kwargs(quantizer_type=quantizer_type)))
+        metrics = evaluate_reconstruction(model, processor, batches)
+        assert set(metrics) == expected and 0 < metrics["psnr"] < 60
