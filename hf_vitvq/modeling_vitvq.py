@@ -431,8 +431,9 @@ class ViTVQModel(ViTVQPreTrainedModel):
             raise TypeError(f"`token_ids` must be a torch.Tensor of integers, got {type(token_ids)}.")
         if token_ids.is_floating_point() or token_ids.is_complex() or token_ids.dtype == torch.bool:
             raise TypeError(f"`token_ids` must be an integer tensor, got {token_ids.dtype}.")
-        expected = (config.num_latent_tokens, config.num_quantizers) if config.quantizer_type == "rvq" else None
-        expected = expected or (config.num_latent_tokens,)
+        expected = (config.num_latent_tokens,)
+        if config.quantizer_type == "rvq":
+            expected += (config.num_quantizers,)
         if token_ids.ndim != 1 + len(expected) or tuple(token_ids.shape[1:]) != expected:
             raise ValueError(
                 f"`token_ids` must have shape (batch_size, {', '.join(map(str, expected))}), "
