@@ -233,16 +233,16 @@ def test_parquet_without_image_column_fails_before_training(tmp_path):
         load_streams(parquet_args(str(tmp_path / "text.parquet")), resolution=8)
 
 
-def test_parquet_images_stream_and_hold_out_validation(tmp_path):
+@pytest.mark.parametrize("streaming", [True, False])
+def test_parquet_images_stream_and_hold_out_validation(tmp_path, streaming):
     import datasets
 
     images = [PIL.Image.new("RGB", (10, 12), (i * 20, 0, 0)) for i in range(6)]
     dataset = datasets.Dataset.from_dict({"picture": images, "label": list(range(6))})
     dataset = dataset.cast_column("picture", datasets.Image())
     dataset.to_parquet(tmp_path / "images.parquet")
-    train, validation, column = load_streams(
-        parquet_args(str(tmp_path / "images.parquet"), validation_images=2), resolution=8
-    )
+    data_args = parquet_args(str(tmp_path / "images.parquet"), validation_images=2, streaming=streaming)
+    train, validation, column = load_streams(data_args, resolution=8)  # map-style data is streamed in shards
     assert column == "picture"
     assert [example["label"] for example in validation] == [0, 1]
     assert [example["label"] for example in train] == [2, 3, 4, 5]

@@ -122,3 +122,18 @@ def test_push_to_hub_sends_final_model_and_checkpoints_and_skips_bad_samples(tmp
     # every pass over the 13 training files meets the 3 bad ones: skipped, counted, reported, never fatal
     skipped = re.search(r"Skipped (\d+) undecodable samples in all", caplog.text)
     assert skipped is not None and int(skipped.group(1)) >= 3
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
+    """2 micro-batches of 4 per step give the weights of batches of 8: the same images in the same order, the loss
+    averaged by Accelerate (the default vq quantizer has no per-forward state such as EMA statistics)."""
+    common = [*QUICK_RUN, "--max_train_steps", "3", "--checkpointing_steps", "100", "--validation_steps", "100"]
+    run_in_process([*common, "--output_dir", str(tmp_path / "big"), "--train_batch_size", "8"])
+    run_in_process([*common, "--output_dir", str(tmp_path / "accumulated"), "--train_batch_size", "4",
+                    "--gradient_accumulation_steps", "2"])  # fmt: skip
+    big = load_file(tmp_path / "big" / "final" / "model.safetensors")
+    accumulated = load_file(tmp_path / "accumulated" / "final" / "model.safetensors")
+    for name, tensor in big.items():
+        torch.testing.assert_close(accumulated[name], tensor, atol=2e-6, rtol=1e-5, msg=name)
+    log = [json.loads(line) for line in (tmp_path / "accumulated" / "train_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [1, 2, 3]  # optimizer steps, not micro-batches
