@@ -137,3 +137,18 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
         torch.testing.assert_close(accumulated[name], tensor, atol=2e-6, rtol=1e-5, msg=name)
     log = [json.loads(line) for line in (tmp_path / "accumulated" / "train_log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [1, 2, 3]  # optimizer steps, not micro-batches
+
+
+def test_reconstruct_script_writes_the_comparison_grid(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+    from PIL import Image
+
+    command = [sys.executable, str(REPO_ROOT / "training" / "reconstruct.py"), "--model", "tiny", "--output_dir",
+               str(tmp_path)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "8 images -> 32 tokens each (320 bits per image)" in result.stdout
+    assert Image.open(tmp_path / "reconstructions.png").size == (8 * 32, 2 * 32)

@@ -41,12 +41,11 @@ def load_model(name_or_path: str) -> tuple[ViTVQModel, ViTVQImageProcessor]:
 
 @torch.inference_mode()
 def reconstruct(
-    model: ViTVQModel, processor: ViTVQImageProcessor, images: list[Image.Image]
+    model: ViTVQModel, processor: ViTVQImageProcessor, pixel_values: torch.Tensor
 ) -> tuple[torch.Tensor, list[Image.Image]]:
-    """Encode `images` to token ids and decode them: ((B, num_latent_tokens) ids, reconstructed PIL images)."""
-    pixel_values = processor(images, return_tensors="pt").pixel_values.to(model.device, model.dtype)
-    token_ids = model.encode(pixel_values)
-    return token_ids, processor.postprocess(model.decode(token_ids), output_type="pil")
+    """Encode (B, C, H, W) pixel values to token ids and decode them: (token ids, reconstructed PIL images)."""
+    token_ids = model.encode(pixel_values.to(model.device, model.dtype))
+    return token_ids, processor.postprocess(model.decode(token_ids).float().cpu(), output_type="pil")
 
 
 def main() -> None:
@@ -62,8 +61,8 @@ def main() -> None:
         named = [(path.stem, Image.open(path).convert("RGB")) for path in args.images]
     else:
         named = skimage_photos()
-    token_ids, reconstructions = reconstruct(model, processor, [image for _, image in named])
     pixel_values = processor([image for _, image in named], return_tensors="pt").pixel_values
+    token_ids, reconstructions = reconstruct(model, processor, pixel_values)
     originals = processor.postprocess(pixel_values, output_type="pil")
 
     args.output_dir.mkdir(parents=True, exist_ok=True)

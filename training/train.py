@@ -395,9 +395,10 @@ class Trainer:
             write_model_card(folder, self.config, self.args, self.data_args, self.progress.global_step, metrics)
 
         reloaded = AutoModel.from_pretrained(final).eval()
-        images = self.processor.postprocess(self.validation[0][:8], output_type="pil")
-        _, reconstructions = reconstruct(reloaded, self.processor, images)
-        comparison_grid(images, reconstructions).save(final / "reconstructions.png")
+        pixel_values = self.validation[0][:8]
+        _, reconstructions = reconstruct(reloaded, self.processor, pixel_values)
+        originals = self.processor.postprocess(pixel_values, output_type="pil")
+        comparison_grid(originals, reconstructions).save(final / "reconstructions.png")
         if self.args.push_to_hub:
             from hub import push_folder
 
