@@ -366,16 +366,20 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
+CASE_COLUMNS = ["preset", "batch", "dtype", "attn", "compile"]
+
+
+def case_cells(r: Result) -> list[object]:
+    """The cells of `CASE_COLUMNS`: which configuration a row measured."""
+    return [r.preset, r.batch_size, r.dtype, r.attn, "yes" if r.compile else "no"]
+
+
 def report(machine: dict[str, object], results: list[Result], agreement: dict[str, dict], notes: list[str]) -> str:
     where = f"{machine['cpu']}, {machine['threads']} threads" + (f", {machine['gpu']}" if "gpu" in machine else "")
     lines = [f"Machine: {where}; torch {machine['torch']}; native bf16: {machine['native_bf16']}", ""]
     has_titok = any(result.titok for result in results)
     header = [
-        "preset",
-        "batch",
-        "dtype",
-        "attn",
-        "compile",
+        *CASE_COLUMNS,
         "encode img/s",
         "decode img/s",
         "encode GFLOP/s",
@@ -389,11 +393,7 @@ def report(machine: dict[str, object], results: list[Result], agreement: dict[st
     rows = []
     for r in results:
         row = [
-            r.preset,
-            r.batch_size,
-            r.dtype,
-            r.attn,
-            "yes" if r.compile else "no",
+            *case_cells(r),
             f"{r.encode_images_per_second:.2f}",
             f"{r.decode_images_per_second:.2f}",
             f"{r.encode_flops_per_second / 1e9:.1f}",
@@ -442,11 +442,7 @@ def report(machine: dict[str, object], results: list[Result], agreement: dict[st
         quality = agreement.get(f"{r.preset}/{r.dtype}", {})
         rows.append(
             [
-                r.preset,
-                r.batch_size,
-                r.dtype,
-                r.attn,
-                "yes" if r.compile else "no",
+                *case_cells(r),
                 f"{r.encode_images_per_second / base.encode_images_per_second:.2f}x",
                 f"{r.decode_images_per_second / base.decode_images_per_second:.2f}x",
                 f"{100 * quality['token_agreement']:.2f}%" if quality else "-",
@@ -455,11 +451,7 @@ def report(machine: dict[str, object], results: list[Result], agreement: dict[st
         )
     if rows:
         header = [
-            "preset",
-            "batch",
-            "dtype",
-            "attn",
-            "compile",
+            *CASE_COLUMNS,
             "encode vs fp32",
             "decode vs fp32",
             "token ids = fp32",
