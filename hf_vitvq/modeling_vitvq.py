@@ -112,11 +112,14 @@ class ViTVQAttention(nn.Module):
         self.qkv = nn.Linear(sizes.hidden_size, 3 * sizes.hidden_size)
         self.out_proj = nn.Linear(sizes.hidden_size, sizes.hidden_size)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, query_positions: slice = slice(None)) -> torch.Tensor:
+        """(B, S, W) -> (B, S_q, W): every position attends to all S; only `query_positions` (S_q of them) are
+        computed, for the last layer, whose other positions would be discarded."""
         batch_size, seq_len, width = hidden_states.shape
         # (B, S, 3W) -> (3, B, heads, S, head_dim)
         qkv = self.qkv(hidden_states).view(batch_size, seq_len, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        query = query[:, :, query_positions]  # (B, heads, S_q, head_dim)
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
@@ -130,8 +133,8 @@ class ViTVQAttention(nn.Module):
             scaling=self.scaling,
             is_causal=False,
         )
-        # (B, S, heads, head_dim) -> (B, S, W)
-        return self.out_proj(attn_output.reshape(batch_size, seq_len, width))
+        # (B, S_q, heads, head_dim) -> (B, S_q, W)
+        return self.out_proj(attn_output.reshape(batch_size, query.shape[2], width))
 
 
 class ViTVQMLP(nn.Module):
@@ -152,15 +155,36 @@ class ViTVQLayer(GradientCheckpointingLayer):
 
     def __init__(self, config: ViTVQConfig, sizes: TransformerSizes) -> None:
         super().__init__()
+        self.chunk_size_feed_forward = config.chunk_size_feed_forward
         self.layernorm_before = nn.LayerNorm(sizes.hidden_size, eps=config.layer_norm_eps)
         self.attention = ViTVQAttention(config, sizes)
         self.layernorm_after = nn.LayerNorm(sizes.hidden_size, eps=config.layer_norm_eps)
         self.mlp = ViTVQMLP(config, sizes)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = hidden_states + self.dropout(self.attention(self.layernorm_before(hidden_states)))
+    def forward(self, hidden_states: torch.Tensor, output_positions: slice = slice(None)) -> torch.Tensor:
+        """(B, S, W) -> (B, S_out, W): the block's output at `output_positions` (all S by default)."""
+        attention_output = self.attention(self.layernorm_before(hidden_states), query_positions=output_positions)
+        hidden_states = hidden_states[:, output_positions] + self.dropout(attention_output)
+        return self.feed_forward_in_chunks(hidden_states)
+
+    def feed_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """x + mlp(ln(x)), position by position."""
         return hidden_states + self.dropout(self.mlp(self.layernorm_after(hidden_states)))
+
+    def feed_forward_in_chunks(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """[`~ViTVQLayer.feed_forward`] on the CPU over at most `chunk_size_feed_forward` positions (of the whole batch)
+        at a time, so that the (chunk, 4W) MLP activation stays in cache: the same result, 10-20% faster at batch 32.
+        In one piece on GPUs (where one large matmul is faster) and under `torch.compile` / export (which fuse the
+        block themselves, and need shapes that do not depend on the batch size)."""
+        if torch.compiler.is_compiling() or hidden_states.device.type != "cpu":
+            return self.feed_forward(hidden_states)
+        # (B, S, W) -> (B*S, W)
+        rows = hidden_states.reshape(-1, hidden_states.shape[-1])
+        if not 0 < self.chunk_size_feed_forward < rows.shape[0]:
+            return self.feed_forward(hidden_states)
+        chunks = rows.tensor_split(-(-rows.shape[0] // self.chunk_size_feed_forward))  # equal sizes, none larger
+        return torch.cat([self.feed_forward(chunk) for chunk in chunks]).view_as(hidden_states)
 
 
 class ViTVQTransformer(nn.Module):
@@ -173,11 +197,13 @@ class ViTVQTransformer(nn.Module):
         self.post_layernorm = nn.LayerNorm(sizes.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor, keep: slice) -> torch.Tensor:
-        """Run the stack on (B, S, W) and return the post-normed positions `keep`: (B, S_keep, W)."""
+        """Run the stack on (B, S, W) and return the post-normed positions `keep`: (B, S_keep, W). The last layer
+        computes only those positions (its others would be discarded): the same result, fewer FLOPs."""
         hidden_states = self.pre_layernorm(hidden_states)
-        for layer in self.layers:
+        *layers, last_layer = self.layers
+        for layer in layers:
             hidden_states = layer(hidden_states)
-        return self.post_layernorm(hidden_states[:, keep])
+        return self.post_layernorm(last_layer(hidden_states, output_positions=keep))
 
 
 class ViTVQEncoder(nn.Module):

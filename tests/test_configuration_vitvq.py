@@ -117,6 +117,7 @@ def test_derived_sizes():
         ({"codebook_size": 1}, "codebook_size` must be an integer >= 2, got 1"),
         ({"num_latent_tokens": 0}, "num_latent_tokens` must be a positive integer"),
         ({"patch_size": 8.0}, "patch_size` must be a positive integer"),
+        ({"chunk_size_feed_forward": -1}, "chunk_size_feed_forward` must be an integer >= 0"),
         ({"commitment_cost": -0.1}, "commitment_cost"),
         ({"hidden_dropout_prob": 1.0}, r"hidden_dropout_prob` must be in \[0, 1\)"),
         ({"encoder_mlp_ratio": 0}, "encoder_mlp_ratio"),

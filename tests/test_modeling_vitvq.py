@@ -74,6 +74,49 @@ def test_encoder_matches_titok_computation_written_out():
     torch.testing.assert_close(encoder(x), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("stack", ["encoder", "decoder"])
+def test_last_layer_computes_only_the_kept_positions_with_the_same_result(stack):
+    """The stack's last layer runs its queries, MLP and residuals on the kept positions only; every layer run on all
+    positions and the kept ones sliced out afterwards must give the same output."""
+    model = make_model()
+    transformer = getattr(model, stack).transformer
+    keep = model.decoder.keep if stack == "decoder" else slice(-model.config.num_latent_tokens, None)
+    width = transformer.pre_layernorm.normalized_shape[0]
+    hidden_states = torch.randn(BATCH, 1 + model.config.num_patches + model.config.num_latent_tokens, width)
+    full = transformer.pre_layernorm(hidden_states)
+    for layer in transformer.layers:
+        full = layer(full)
+    expected = transformer.post_layernorm(full[:, keep])
+    output = transformer(hidden_states, keep=keep)
+    assert output.shape == expected.shape
+    torch.testing.assert_close(output, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_feed_forward_in_chunks_gives_the_same_outputs_and_gradients():
+    """The CPU path runs each MLP over at most 16 of the batch's positions at a time (in equal chunks); tokens,
+    pixels and gradients must match the model that runs it in one piece."""
+    chunked, whole = make_model(seed=5, chunk_size_feed_forward=16), make_model(seed=5, chunk_size_feed_forward=0)
+    x = pixels(chunked.config)
+    chunked.train()
+    whole.train()
+    first_layer, calls = chunked.encoder.transformer.layers[0], []
+    feed_forward = first_layer.feed_forward
+    first_layer.feed_forward = lambda rows: calls.append(rows.shape) or feed_forward(rows)
+    out_chunked, out_whole = chunked(x), whole(x)
+    config = chunked.config
+    rows = BATCH * (1 + config.num_patches + config.num_latent_tokens)
+    assert [shape[1] for shape in calls] == [config.encoder_hidden_size] * len(calls)
+    sizes = [shape[0] for shape in calls]
+    assert sum(sizes) == rows and len(sizes) == -(-rows // 16) and max(sizes) - min(sizes) <= 1
+    del first_layer.feed_forward
+    assert torch.equal(out_chunked.token_ids, out_whole.token_ids)
+    torch.testing.assert_close(out_chunked.reconstruction, out_whole.reconstruction, atol=1e-6, rtol=1e-5)
+    grads_chunked, grads_whole = reconstruction_gradients(chunked, x), reconstruction_gradients(whole, x)
+    assert grads_chunked.keys() == grads_whole.keys()
+    for name, grad in grads_chunked.items():
+        torch.testing.assert_close(grad, grads_whole[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
 def test_depth_to_space_uses_titok_channel_order():
     """TiTok rearranges 'b (p1 p2 c) h w -> b c (h p1) (w p2)': channel (p1 * p + p2) * C + c."""
     model = make_model()
