@@ -10,9 +10,10 @@ Run from the repository root (prints Markdown tables, writes JSON to `--output`)
 `--titok_repo PATH` also times the published TiTok implementation (a local checkout of bytedance/1d-tokenizer,
 random weights, pixel head, same size) interleaved with ours; its code needs `einops` and `omegaconf`.
 
-FLOPs are counted from the config, one multiply-add = 2 FLOPs, over every matmul and convolution of the TiTok
-forward (all positions in every layer; elementwise ops, LayerNorm, softmax and GELU are not counted):
-a layer over S tokens of width W with MLP width I costs 2*S*(4*W^2 + 2*W*I) + 4*S^2*W. The reference is torch.mm on
+FLOPs are counted from the config, one multiply-add = 2 FLOPs, over every matmul and convolution the forward
+runs (elementwise ops, LayerNorm, softmax and GELU are not counted): a layer over S tokens of width W with MLP width I
+costs 2*S*(4*W^2 + 2*W*I) + 4*S^2*W; the last layer computes only the K positions kept (the encoder's latent
+tokens, the decoder's patches): 2*S*3*W^2 + 4*K*S*W + 2*K*(W^2 + 2*W*I). The reference is torch.mm on
 the encoder's MLP shape, (B*S, W) x (W, I), in the same dtype, timed in the same rounds as the model's calls (so that
 load from other processes hits both alike).
 """
@@ -46,16 +47,25 @@ from hf_vitvq.precision import has_native_bf16, inference_autocast  # noqa: E402
 PRESETS = ["tiny", "S-128", "B-64", "L-32"]
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
 TITOK_SIZES = {512: "small", 768: "base", 1024: "large"}
+MATMULS_PER_ROUND = 4  # the reference mm is short next to a model call: several per round steady its median
 DEFAULT_PHOTOS_DIR = REPO_ROOT.parent / "shared" / "data" / "photos"
 
 
 # ----------------------------------------------------------------------------------------------- FLOP counting
 
 
-def transformer_flops(num_tokens: int, width: int, mlp_width: int, num_layers: int) -> int:
-    """Matmul FLOPs of a ViT stack over `num_tokens`: QKV, attention (QK^T and AV), output projection and MLP."""
-    per_layer = 2 * num_tokens * (4 * width * width + 2 * width * mlp_width) + 4 * num_tokens**2 * width
-    return num_layers * per_layer
+def layer_flops(num_tokens: int, num_outputs: int, width: int, mlp_width: int) -> int:
+    """Matmul FLOPs of one block over `num_tokens` that computes `num_outputs` of them: QKV for every token,
+    attention (QK^T and AV), output projection and MLP for the outputs."""
+    qkv = 2 * num_tokens * 3 * width * width
+    attention = 4 * num_outputs * num_tokens * width
+    return qkv + attention + 2 * num_outputs * (width * width + 2 * width * mlp_width)
+
+
+def transformer_flops(num_tokens: int, num_kept: int, width: int, mlp_width: int, num_layers: int) -> int:
+    """Matmul FLOPs of a ViT stack whose last layer computes only the `num_kept` positions it returns."""
+    full_layers = (num_layers - 1) * layer_flops(num_tokens, num_tokens, width, mlp_width)
+    return full_layers + layer_flops(num_tokens, num_kept, width, mlp_width)
 
 
 def encoder_flops(config: ViTVQConfig) -> int:
@@ -65,7 +75,9 @@ def encoder_flops(config: ViTVQConfig) -> int:
     patch_embedding = 2 * config.num_patches * config.num_channels * config.patch_size**2 * sizes.hidden_size
     projection = 2 * config.num_latent_tokens * sizes.hidden_size * config.codebook_dim
     search = 2 * config.num_latent_tokens * config.codebook_dim * config.codebook_size
-    stack = transformer_flops(num_tokens, sizes.hidden_size, sizes.intermediate_size, sizes.num_hidden_layers)
+    stack = transformer_flops(
+        num_tokens, config.num_latent_tokens, sizes.hidden_size, sizes.intermediate_size, sizes.num_hidden_layers
+    )
     return patch_embedding + stack + projection + search
 
 
@@ -76,7 +88,9 @@ def decoder_flops(config: ViTVQConfig) -> int:
     embedding = 2 * config.num_latent_tokens * config.codebook_dim * sizes.hidden_size
     pixels = 2 * config.num_patches * sizes.hidden_size * config.patch_size**2 * config.num_channels
     conv_out = 2 * config.image_size**2 * config.num_channels**2 * 9
-    stack = transformer_flops(num_tokens, sizes.hidden_size, sizes.intermediate_size, sizes.num_hidden_layers)
+    stack = transformer_flops(
+        num_tokens, config.num_patches, sizes.hidden_size, sizes.intermediate_size, sizes.num_hidden_layers
+    )
     return embedding + stack + pixels + conv_out
 
 
@@ -219,6 +233,16 @@ class Result:
     titok: dict[str, float] = field(default_factory=dict)
 
 
+def compile_frozen(function: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor) -> Callable:
+    """`torch.compile(function)`, compiled now on `example` with inductor's `freezing`: the weights become constants,
+    so that on the CPU it packs them for oneDNN / MKL and fuses bias and GELU into the matmuls (the compiled
+    function then ignores later changes to the weights: the inference recipe, not one for training)."""
+    compiled = torch.compile(function)
+    with torch._inductor.config.patch(freezing=True):
+        compiled(example)
+    return compiled
+
+
 def build_model(preset: str, attn: str, device: torch.device) -> ViTVQModel:
     torch.manual_seed(0)
     config = ViTVQConfig.from_preset(preset)
@@ -243,7 +267,7 @@ def benchmark(
     token_ids = token_ids.to(device)
     encode, decode = model.encode, model.decode
     if compile_model:
-        encode, decode = torch.compile(encode), torch.compile(decode)
+        encode, decode = compile_frozen(encode, pixel_values), compile_frozen(decode, token_ids)
 
     # The reference matmul: the encoder's MLP shape in the same dtype, timed in the same rounds as the model.
     sizes = config.encoder_sizes
@@ -255,7 +279,7 @@ def benchmark(
     functions = {
         "encode": lambda: encode(pixel_values),
         "decode": lambda: decode(token_ids),
-        "matmul": lambda: torch.mm(a, b),
+        "matmul": lambda: [torch.mm(a, b) for _ in range(MATMULS_PER_ROUND)],
     }
     if titok is not None:
 
@@ -271,7 +295,7 @@ def benchmark(
 
     with precision(device, dtype_name), peak_memory(device) as memory:
         times = time_interleaved(functions, device, args.repeats, args.min_time)
-    matmul = 2 * mm_shape[0] * mm_shape[1] * mm_shape[2] / statistics.median(times["matmul"])
+    matmul = 2 * mm_shape[0] * mm_shape[1] * mm_shape[2] * MATMULS_PER_ROUND / statistics.median(times["matmul"])
     per_image = {"encode": encoder_flops(config), "decode": decoder_flops(config)}
     rate = {name: batch_size / statistics.median(seconds) for name, seconds in times.items() if name != "matmul"}
     titok_rates = {}
