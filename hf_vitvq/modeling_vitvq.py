@@ -25,7 +25,7 @@ from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_vitvq import TransformerSizes, ViTVQConfig
 from .modeling_maskgit_vqgan import MaskGitVQGANHead
-from .quantizer_base import Quantizer
+from .quantizer_base import CodebookUsage, Quantizer
 from .quantizer_fsq import FiniteScalarQuantizer
 from .quantizer_kl import DiagonalGaussianQuantizer
 from .quantizer_lfq import LookupFreeQuantizer
@@ -320,7 +320,9 @@ class ViTVQPreTrainedModel(PreTrainedModel):
         elif isinstance(module, (ViTVQEncoder, ViTVQDecoder)):
             for param in module.parameters(recurse=False):
                 init.normal_(param, mean=0.0, std=param.shape[-1] ** -0.5)
-        elif isinstance(module, Quantizer):  # after its submodules: state derived from them (EMA sums, SimVQ basis)
+        elif isinstance(module, (CodebookUsage, Quantizer)):
+            # After their submodules: state derived from them (EMA sums, SimVQ basis). transformers skips a custom
+            # model's module that holds no parameter or buffer of its own, so only such state may live here.
             module.init_weights()
 
 

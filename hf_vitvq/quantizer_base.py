@@ -142,7 +142,8 @@ class Quantizer(nn.Module):
     """Base class of the quantizers: `forward(latents) -> QuantizerOutput` and `indices_to_codes(indices)`.
 
     Subclasses that keep state outside their parameters override `init_weights` (called by
-    `ViTVQPreTrainedModel._init_weights` after their submodules are initialised) and `codebook_health`.
+    `ViTVQPreTrainedModel._init_weights` after their submodules are initialised, and only for a quantizer that holds
+    a parameter or buffer of its own: transformers skips the others) and `codebook_health`.
     """
 
     #: Whether the quantizer outputs continuous tokens (no ids); `encode` then returns latents.

@@ -63,9 +63,6 @@ class FiniteScalarQuantizer(Quantizer):
         self.codebook_size = math.prod(self.levels)
         self.usage = CodebookUsage(self.codebook_size, config.usage_window, persistent=False)
 
-    def init_weights(self) -> None:
-        self.usage.init_weights()
-
     def codebook_health(self) -> dict[str, torch.Tensor]:
         return self.usage.stats()
 

@@ -49,9 +49,6 @@ class LookupFreeQuantizer(Quantizer):
         self.codebook_entropy_weight = config.codebook_entropy_weight
         self.usage = CodebookUsage(self.codebook_size, config.usage_window, persistent=False)
 
-    def init_weights(self) -> None:
-        self.usage.init_weights()
-
     def codebook_health(self) -> dict[str, torch.Tensor]:
         return self.usage.stats()
 

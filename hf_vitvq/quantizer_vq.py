@@ -196,7 +196,6 @@ class VectorQuantizer(Quantizer):
         self.recent_latents: torch.Tensor | None = None  # the last training batch, in search space: (N, D)
 
     def init_weights(self) -> None:
-        self.usage.init_weights()
         if self.kmeans_done is not None:
             init.zeros_(self.kmeans_done)
 
@@ -324,22 +323,27 @@ class EMAVectorQuantizer(VectorQuantizer):
 
 class SimVQQuantizer(VectorQuantizer):
     """[`VectorQuantizer`] with SimVQ codes: a frozen random basis `embedding` (K, D) times one learned linear map
-    `code_transform` (D, D). The codebook loss trains the map, which moves every code at once, used or not
-    (arXiv 2411.02038)."""
+    `code_transform` (D, D): codes = basis @ code_transform^T. The codebook loss trains the map, which moves every
+    code at once, used or not (arXiv 2411.02038).
+
+    The map is a parameter of this module itself, not an `nn.Linear` submodule: transformers initialises a custom
+    model's module only when it holds a parameter or buffer of its own, and this module's `init_weights` must run
+    after the generic init of its `embedding` to give the basis its N(0, 1/D) scale."""
 
     def __init__(self, config: ViTVQConfig) -> None:
         super().__init__(config)
         self.embedding.weight.requires_grad_(False)
-        self.code_transform = nn.Linear(self.embedding.embedding_dim, self.embedding.embedding_dim, bias=False)
+        dim = self.embedding.embedding_dim
+        self.code_transform = nn.Parameter(torch.empty(dim, dim))
 
     def init_weights(self) -> None:
         """The paper's init: basis ~ N(0, 1/D); the map starts as the identity."""
         super().init_weights()
         init.normal_(self.embedding.weight, std=self.embedding.embedding_dim**-0.5)
-        init.eye_(self.code_transform.weight)
+        init.eye_(self.code_transform)
 
     def codes(self) -> torch.Tensor:
-        codes = linear_fp32(self.code_transform, self.embedding.weight)
+        codes = self.embedding.weight.float() @ self.code_transform.float().t()
         return F.normalize(codes, dim=-1) if self.use_l2_norm else codes
 
 

@@ -99,6 +99,33 @@ def test_save_load_round_trip(name, tmp_path):
         torch.testing.assert_close(loaded.codebook_health(), model.codebook_health())
 
 
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_loaded_model_starts_its_unsaved_buffers_fresh(name, tmp_path):
+    """Buffers not saved with the model (the codebook-usage window unless restarts need it) are initialised on load,
+    not left as uninitialised memory: a fine-tuning run logs the codebook health of its own steps."""
+    model = make_model(name)
+    model.save_pretrained(tmp_path)
+    fresh = make_model(name, seed=1)
+    loaded = ViTVQModel.from_pretrained(tmp_path)
+    saved = set(model.state_dict())
+    unsaved = {key: buffer for key, buffer in fresh.named_buffers() if key not in saved}
+    if name not in ("vq_euclidean_ema_kmeans_restart", "rvq", "kl"):
+        assert unsaved, "expected the usage window to stay out of the checkpoint"
+    loaded_buffers = dict(loaded.named_buffers())
+    for key, buffer in unsaved.items():
+        assert torch.equal(loaded_buffers[key], buffer), key
+
+
+def test_simvq_inside_the_model_starts_from_the_papers_init():
+    """Basis ~ N(0, 1/D) and an identity map, as `SimVQQuantizer.init_weights` says, also when the model builds it
+    (the generic init of its `embedding` runs first and gives U(-1/K, 1/K))."""
+    quantizer = make_model("vq_simvq").quantize
+    dim = quantizer.embedding.embedding_dim
+    assert torch.equal(quantizer.code_transform.detach(), torch.eye(dim))
+    std = quantizer.embedding.weight.std().item()
+    assert abs(std - dim**-0.5) < 0.1 * dim**-0.5, std
+
+
 def test_default_vq_keeps_titok_parameter_names():
     keys = {key for key in make_model("vq").state_dict() if key.startswith("quantize.")}
     assert keys == {"quantize.embedding.weight"}
