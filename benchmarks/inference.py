@@ -235,9 +235,9 @@ class Result:
 
 
 def compile_frozen(function: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor) -> Callable:
-    """`torch.compile(function)`, compiled now on `example` with inductor's `freezing`: the weights become constants,
-    so that on the CPU it packs them for oneDNN / MKL and fuses bias and GELU into the matmuls (the compiled
-    function then ignores later changes to the weights: the inference recipe, not one for training)."""
+    """`torch.compile(function)`, compiled now on `example` with inductor's `freezing`: the weights become constants
+    that inductor may pre-pack and fold into fused kernels (the compiled function then ignores later changes to the
+    weights: the inference recipe, not one for training)."""
     compiled = torch.compile(function)
     with torch._inductor.config.patch(freezing=True):
         compiled(example)
@@ -268,7 +268,8 @@ def benchmark(
     token_ids = token_ids.to(device)
     encode, decode = model.encode, model.decode
     if compile_model:
-        encode, decode = compile_frozen(encode, pixel_values), compile_frozen(decode, token_ids)
+        with precision(device, dtype_name):  # compiled for the autocast state it will run under
+            encode, decode = compile_frozen(encode, pixel_values), compile_frozen(decode, token_ids)
 
     # The reference matmul: the encoder's MLP shape in the same dtype, timed in the same rounds as the model.
     sizes = config.encoder_sizes

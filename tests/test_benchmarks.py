@@ -65,3 +65,12 @@ def test_benchmark_runs_and_writes_its_tables_and_json(bench, tmp_path, capsys):
     assert "| tiny | 2 | fp32 | sdpa | no |" in printed and "Batch-1 latency" in printed
     payload = json.loads(output.read_text())
     assert payload["machine"]["torch"] == torch.__version__ and len(payload["results"]) == 2
+
+
+def test_benchmark_compiles_with_frozen_weights(bench, tmp_path):
+    args = bench.parse_args(
+        ["--presets", "tiny", "--batch_sizes", "2", "--dtypes", "fp32", "--compile", "on", "--repeats", "1"]
+        + ["--min_time", "0", "--photos_dir", str(tmp_path / "none"), "--output", str(tmp_path / "inference.json")]
+    )
+    (result,) = bench.main(args)
+    assert result.compile and result.encode_images_per_second > 0 and result.decode_images_per_second > 0
