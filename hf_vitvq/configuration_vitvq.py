@@ -158,8 +158,8 @@ class ViTVQConfig(PretrainedConfig):
         kl_loss_weight (`float`, defaults to 1e-6): `kl`: weight of the KL divergence to N(0, I) (TiTok's value).
         chunk_size_feed_forward (`int`, defaults to 1024): on the CPU, the MLP half of each block runs over at most
             this many positions (of the whole batch) at a time, so that its 4x-wide activation stays in cache (the
-            same result, 10-20% faster at batch 32); 0 runs it in one piece. Not used on GPUs or under
-            `torch.compile`.
+            same result, 10-20% faster at batch 32); 0 runs it in one piece. Used for inference only: not when
+            gradients are recorded, on GPUs or under `torch.compile`.
         layer_norm_eps (`float`, defaults to 1e-5): epsilon of every LayerNorm.
         hidden_dropout_prob (`float`, defaults to 0.0): dropout on the attention and MLP outputs.
         attention_probs_dropout_prob (`float`, defaults to 0.0): dropout on the attention probabilities.

@@ -92,29 +92,26 @@ def test_last_layer_computes_only_the_kept_positions_with_the_same_result(stack)
     torch.testing.assert_close(output, expected, atol=1e-6, rtol=1e-5)
 
 
-def test_feed_forward_in_chunks_gives_the_same_outputs_and_gradients():
-    """The CPU path runs each MLP over at most 16 of the batch's positions at a time (in equal chunks); tokens,
-    pixels and gradients must match the model that runs it in one piece."""
+def test_feed_forward_in_chunks_for_inference_gives_the_same_tokens_and_pixels():
+    """Without autograd the CPU path runs each MLP over at most 16 of the batch's positions at a time (in equal
+    chunks); tokens and pixels must match the model that runs it in one piece. With autograd it runs in one piece."""
     chunked, whole = make_model(seed=5, chunk_size_feed_forward=16), make_model(seed=5, chunk_size_feed_forward=0)
     x = pixels(chunked.config)
-    chunked.train()
-    whole.train()
     first_layer, calls = chunked.encoder.transformer.layers[0], []
     feed_forward = first_layer.feed_forward
     first_layer.feed_forward = lambda rows: calls.append(rows.shape) or feed_forward(rows)
-    out_chunked, out_whole = chunked(x), whole(x)
+    ids_chunked, ids_whole = chunked.encode(x), whole.encode(x)
     config = chunked.config
     rows = BATCH * (1 + config.num_patches + config.num_latent_tokens)
     assert [shape[1] for shape in calls] == [config.encoder_hidden_size] * len(calls)
     sizes = [shape[0] for shape in calls]
     assert sum(sizes) == rows and len(sizes) == -(-rows // 16) and max(sizes) - min(sizes) <= 1
+    assert torch.equal(ids_chunked, ids_whole)
+    torch.testing.assert_close(chunked.decode(ids_whole), whole.decode(ids_whole), atol=1e-6, rtol=1e-5)
+    calls.clear()
+    chunked(x)  # forward with autograd recording
+    assert calls == [torch.Size([BATCH, rows // BATCH, config.encoder_hidden_size])]
     del first_layer.feed_forward
-    assert torch.equal(out_chunked.token_ids, out_whole.token_ids)
-    torch.testing.assert_close(out_chunked.reconstruction, out_whole.reconstruction, atol=1e-6, rtol=1e-5)
-    grads_chunked, grads_whole = reconstruction_gradients(chunked, x), reconstruction_gradients(whole, x)
-    assert grads_chunked.keys() == grads_whole.keys()
-    for name, grad in grads_chunked.items():
-        torch.testing.assert_close(grad, grads_whole[name], atol=1e-6, rtol=1e-4, msg=name)
 
 
 def test_depth_to_space_uses_titok_channel_order():
