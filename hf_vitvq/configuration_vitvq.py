@@ -260,9 +260,7 @@ class ViTVQConfig(PretrainedConfig):
             "decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads",
         )  # fmt: skip
         for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+            _check_positive_int(name, getattr(self, name))
         chunk_size = self.chunk_size_feed_forward
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 0:
             raise ValueError(f"`chunk_size_feed_forward` must be an integer >= 0 (0: no chunks), got {chunk_size!r}.")
@@ -300,9 +298,7 @@ class ViTVQConfig(PretrainedConfig):
 
     def _check_maskgit_vqgan_sizes(self) -> None:
         for name in ("maskgit_num_codes", "maskgit_code_dim", "maskgit_hidden_channels", "maskgit_num_res_blocks"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+            _check_positive_int(name, getattr(self, name))
         mult = self.maskgit_channel_mult
         if not mult or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in mult):
             raise ValueError(f"`maskgit_channel_mult` must be a non-empty list of positive integers, got {mult}.")

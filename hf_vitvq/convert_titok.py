@@ -342,7 +342,7 @@ def convert_titok(
     buffers = set(model.state_dict()) - {name for name, _ in model.named_parameters()}
     assert not result.unexpected_keys and set(result.missing_keys) == buffers
     model.eval()
-    processor = ViTVQImageProcessor.for_image_size(config.image_size, do_normalize=False)
+    processor = ViTVQImageProcessor.for_config(config)
     if output_dir is not None:
         output_dir = Path(output_dir)
         model.save_pretrained(output_dir)

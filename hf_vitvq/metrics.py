@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 
 def psnr(images: torch.Tensor, references: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB of each image: (B,) for (B, C, H, W) inputs in [0, data_range]."""
+    """Peak signal-to-noise ratio in dB of each image: (B,) float32 for (B, C, H, W) inputs in [0, data_range]."""
     mse = (images.float() - references.float()).pow(2).flatten(1).mean(dim=1)
     return 10 * torch.log10(data_range**2 / mse.clamp(min=1e-12))
 
@@ -23,10 +23,10 @@ def _gaussian_window(size: int, sigma: float, channels: int, device: torch.devic
 def ssim(
     images: torch.Tensor, references: torch.Tensor, data_range: float = 1.0, window_size: int = 11, sigma: float = 1.5
 ) -> torch.Tensor:
-    """Structural similarity (Wang et al. 2004, Gaussian window, valid positions only) of each image: (B,).
+    """Structural similarity (Wang et al. 2004, Gaussian window, valid positions only) of each image: (B,) float32.
 
-    Inputs are (B, C, H, W) in [0, data_range]; matches `skimage.metrics.structural_similarity` with
-    `gaussian_weights=True, sigma=1.5, use_sample_covariance=False`.
+    Inputs are (B, C, H, W) in [0, data_range] (any dtype, e.g. uint8 with `data_range=255`); matches
+    `skimage.metrics.structural_similarity` with `gaussian_weights=True, sigma=1.5, use_sample_covariance=False`.
     """
     channels = images.shape[1]
     x, y = images.double(), references.double()
@@ -41,7 +41,7 @@ def ssim(
     var_y = blur(y * y) - mu_y**2
     cov_xy = blur(x * y) - mu_x * mu_y
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return ssim_map.flatten(1).mean(dim=1).to(images.dtype)
+    return ssim_map.flatten(1).mean(dim=1).float()
 
 
 def codebook_usage(token_ids: torch.Tensor, codebook_size: int) -> torch.Tensor:

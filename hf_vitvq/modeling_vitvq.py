@@ -6,7 +6,8 @@ image. The computation (and the parameter layout, up to names) is that of the pu
 (Yu et al., arXiv 2406.07550; github.com/bytedance/1d-tokenizer), so its checkpoints convert by renaming keys.
 
     image (B, 3, H, W) -> ViTVQEncoder -> latents (B, L, D) -> VectorQuantizer -> token_ids (B, L)
-    token_ids -> codes (B, L, D) -> ViTVQDecoder -> reconstruction (B, 3, H, W) in [-1, 1]
+    token_ids -> codes (B, L, D) -> ViTVQDecoder -> reconstruction (B, 3, H, W), in `config.pixel_value_range`
+    (not clamped)
 """
 
 from __future__ import annotations
@@ -327,14 +328,22 @@ class ViTVQPreTrainedModel(PreTrainedModel):
             module.init_weights()
 
 
-def inference_mode_unless_compiling(function: Callable) -> Callable:
+def inference_helper(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     """Run `function` under `torch.inference_mode()`, or under `torch.no_grad()` while `torch.compile` traces it
-    (the compiler cannot trace parameters inside inference mode: "Cannot set version_counter for inference tensor")."""
+    (the compiler cannot trace parameters inside inference mode: "Cannot set version_counter for inference tensor").
+
+    The returned tensor is an ordinary one (copied out of inference mode), so that code outside may use it in a
+    graph autograd records: token ids indexing a prior's embedding, decoded pixels fed to a network being trained.
+    The copy costs one pass over the output, nothing next to the forward pass."""
 
     @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        with torch.no_grad() if torch.compiler.is_compiling() else torch.inference_mode():
-            return function(*args, **kwargs)
+    def wrapper(*args, **kwargs) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            with torch.no_grad():
+                return function(*args, **kwargs)
+        with torch.inference_mode():
+            output = function(*args, **kwargs)
+        return output.clone()
 
     return wrapper
 
@@ -384,7 +393,7 @@ class ViTVQModel(ViTVQPreTrainedModel):
         Empty for `"kl"`. Identical on every process under DDP."""
         return self.quantize.codebook_health()
 
-    @inference_mode_unless_compiling
+    @inference_helper
     def encode(self, pixel_values: torch.Tensor) -> torch.LongTensor | torch.FloatTensor:
         """Tokenize images.
 
@@ -401,7 +410,7 @@ class ViTVQModel(ViTVQPreTrainedModel):
         output = self.quantize(self.encoder(pixel_values))
         return output.quantized if self.quantize.is_continuous else output.indices
 
-    @inference_mode_unless_compiling
+    @inference_helper
     def decode(self, token_ids: torch.Tensor) -> torch.FloatTensor:
         """Turn token ids back into images.
 
@@ -419,7 +428,7 @@ class ViTVQModel(ViTVQPreTrainedModel):
         self._check_token_ids(token_ids)
         return self.decoder(self.quantize.indices_to_codes(token_ids).to(self.dtype))
 
-    @inference_mode_unless_compiling
+    @inference_helper
     def decode_latents(self, quantized_latents: torch.Tensor) -> torch.FloatTensor:
         """Decode continuous `(batch_size, num_latent_tokens, codebook_dim)` latents (e.g. codes interpolated by a
         downstream model, or `ViTVQModelOutput.quantized_latents`) into `(batch_size, C, H, W)` pixel values."""

@@ -18,7 +18,7 @@ DECODER_FILE = "decoder.onnx"
 
 
 class ViTVQEncodeGraph(nn.Module):
-    """`model.encode` as a module: (batch_size, C, H, W) float pixels -> (batch_size, num_latent_tokens) int64 ids."""
+    """`model.encode` as a module: (batch_size, C, H, W) float pixels -> what `encode` returns (token ids)."""
 
     def __init__(self, model: ViTVQModel) -> None:
         super().__init__()
@@ -29,7 +29,7 @@ class ViTVQEncodeGraph(nn.Module):
 
 
 class ViTVQDecodeGraph(nn.Module):
-    """`model.decode` as a module: (batch_size, num_latent_tokens) int64 ids -> (batch_size, C, H, W) pixels."""
+    """`model.decode` as a module: what `encode` returns (token ids) -> (batch_size, C, H, W) pixels."""
 
     def __init__(self, model: ViTVQModel) -> None:
         super().__init__()
@@ -45,8 +45,10 @@ def export_onnx(
     """Export `model` to `output_dir/encoder.onnx` and `output_dir/decoder.onnx` (float32, dynamic batch size).
 
     The encoder graph takes `pixel_values` (batch_size, num_channels, image_size, image_size) float32, normalised as
-    [`ViTVQImageProcessor`] does, and returns `token_ids` (batch_size, num_latent_tokens) int64; the decoder graph
-    takes `token_ids` and returns `pixel_values`. Both compute what [`ViTVQModel.encode`] / `decode` compute.
+    [`ViTVQImageProcessor`] does, and returns `token_ids`: (batch_size, num_latent_tokens) int64 ids,
+    (batch_size, num_latent_tokens, num_quantizers) for `quantizer_type="rvq"`, float32 latents
+    (batch_size, num_latent_tokens, codebook_dim) for `"kl"`. The decoder graph takes `token_ids` and returns
+    `pixel_values`. Both compute what [`ViTVQModel.encode`] / `decode` compute.
 
     Args:
         model: the tokenizer; it is exported in eval mode on the CPU in float32 (the model itself is not changed).
@@ -68,7 +70,7 @@ def export_onnx(
     pixel_values = torch.rand(
         example_batch_size, config.num_channels, config.image_size, config.image_size, generator=generator
     )
-    token_ids = torch.randint(0, config.codebook_size, (example_batch_size, config.num_latent_tokens))
+    token_ids = model.encode(pixel_values)  # the decoder's input in the layout of the model's quantizer
     batch = torch.export.Dim("batch_size", min=1)
     graphs = {
         "encoder": (ViTVQEncodeGraph(model).eval(), pixel_values, "pixel_values", "token_ids", ENCODER_FILE),

@@ -105,7 +105,7 @@ class CodebookUsage(nn.Module):
         """Count one training step's code ids (any shape, values in [0, K))."""
         counts = all_reduce_sum(torch.bincount(indices.reshape(-1), minlength=self.codebook_size).float())
         self.step += 1
-        self.last_hit.masked_fill_(counts > 0, int(self.step))
+        self.last_hit.masked_fill_(counts > 0, self.step)
         self.frequency.lerp_(counts, 1.0 / self.window)
 
     def dead_codes(self, unused_steps: int, threshold: float) -> torch.Tensor:
@@ -119,9 +119,10 @@ class CodebookUsage(nn.Module):
 
     @torch.no_grad()
     def reset_(self, mask: torch.Tensor, frequency: float) -> None:
-        """Mark the codes in `mask` as fresh (re-seeded): hit now, with the given hits-per-step average."""
-        self.last_hit.masked_fill_(mask, int(self.step))
-        self.frequency.masked_fill_(mask, frequency)
+        """Mark the codes in `mask` as fresh (re-seeded): hit now, with hits-per-step average `frequency`, or that of
+        one hit (1 / window) if more, so that they count as hit."""
+        self.last_hit.masked_fill_(mask, self.step)
+        self.frequency.masked_fill_(mask, max(frequency, 1.0 / self.window))
 
     @torch.no_grad()
     def stats(self) -> dict[str, torch.Tensor]:
@@ -148,6 +149,13 @@ class Quantizer(nn.Module):
 
     #: Whether the quantizer outputs continuous tokens (no ids); `encode` then returns latents.
     is_continuous: bool = False
+
+    @property
+    def is_training_step(self) -> bool:
+        """Whether this forward is a training step: train mode with gradients recorded. Only a training step changes
+        the quantizer's state (codebook maintenance, usage counts) or samples; so `ViTVQModel.encode`, which runs in
+        inference mode, is deterministic and leaves the model as it was, even on a model left in train mode."""
+        return self.training and torch.is_grad_enabled()
 
     def init_weights(self) -> None:
         """Initialise buffers and parameters that depend on other weights. Default: nothing to do."""

@@ -75,7 +75,7 @@ class FiniteScalarQuantizer(Quantizer):
             levels = self.levels_tensor(latents.device)
             quantized = fsq_quantize(latents.float(), levels)
             indices = fsq_codes_to_indices(quantized.detach(), levels)
-            if self.training:
+            if self.is_training_step:
                 self.usage.update(indices)
             stats = {"perplexity": code_perplexity(indices, self.codebook_size)}
             return QuantizerOutput(quantized, indices, {}, stats)

@@ -25,7 +25,8 @@ def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 class DiagonalGaussianQuantizer(Quantizer):
-    """Reads (B, L, 2 * codebook_dim) moments; returns a sample mean + std * eps in training, the mean in eval.
+    """Reads (B, L, 2 * codebook_dim) moments; returns a sample mean + std * eps in a training step (see
+    [`Quantizer.is_training_step`]), the mean otherwise.
 
     Loss: `kl_loss` = kl_loss_weight * mean over the batch of the KL summed over tokens and channels (TiTok's
     normalisation). `indices` is `None`; stats: `posterior_std` (mean std of the batch). Runs in float32.
@@ -43,7 +44,7 @@ class DiagonalGaussianQuantizer(Quantizer):
             mean, logvar = gaussian_parameters(moments.float())
             std = torch.exp(0.5 * logvar)
             # (the mean is a view of half the channels: contiguous, so callers can save or view it)
-            latents = mean + std * torch.randn_like(mean) if self.training else mean.contiguous()
+            latents = mean + std * torch.randn_like(mean) if self.is_training_step else mean.contiguous()
             losses = {"kl_loss": self.kl_loss_weight * gaussian_kl(mean, logvar).mean()}
             return QuantizerOutput(latents, None, losses, {"posterior_std": std.detach().mean()})
 

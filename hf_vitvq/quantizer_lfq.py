@@ -64,7 +64,7 @@ class LookupFreeQuantizer(Quantizer):
                 # softmax(-|z - c|^2 / T) = softmax(2 z.c / T) since |c|^2 = D for every code
                 logits = 2 * latents.reshape(-1, self.dim) @ all_codes.t() / self.entropy_temperature  # (B*L, K)
                 losses["entropy_loss"] = self.entropy_loss_weight * entropy_loss(logits, self.codebook_entropy_weight)
-            if self.training:
+            if self.is_training_step:
                 self.usage.update(indices)
             stats = {"perplexity": code_perplexity(indices, self.codebook_size)}
             return QuantizerOutput(straight_through(latents, codes), indices, losses, stats)

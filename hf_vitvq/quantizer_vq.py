@@ -163,8 +163,9 @@ class VectorQuantizer(Quantizer):
     projected back), else `codebook_dim`.
 
     With `use_l2_norm_codes`, latents and codes are l2-normalised before the search, so the nearest code is the most
-    cosine-similar one. In training mode it also maintains the codebook: k-means initialisation on the first batch,
-    dead-code restarts from the previous batch's latents, and usage statistics, all synchronised across processes.
+    cosine-similar one. In a training step (see [`Quantizer.is_training_step`]) it also maintains the codebook: k-means
+    initialisation on the first batch, dead-code restarts from the previous batch's latents, and usage statistics,
+    all synchronised across processes.
     Subclasses change how the codes are parameterised and updated ([`EMAVectorQuantizer`], [`SimVQQuantizer`]).
     Runs in float32 under autocast.
     """
@@ -187,13 +188,14 @@ class VectorQuantizer(Quantizer):
         self.estimator: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = (
             rotation_trick if config.use_rotation_trick else straight_through
         )
-        restarts = config.dead_code_steps > 0 or config.dead_code_threshold > 0
-        self.usage = CodebookUsage(config.codebook_size, config.usage_window, persistent=restarts)
+        self.restarts_dead_codes = config.dead_code_steps > 0 or config.dead_code_threshold > 0
+        self.usage = CodebookUsage(config.codebook_size, config.usage_window, persistent=self.restarts_dead_codes)
         if config.kmeans_init:
             self.register_buffer("kmeans_done", torch.zeros((), dtype=torch.bool))
         else:
             self.kmeans_done = None
-        self.recent_latents: torch.Tensor | None = None  # the last training batch, in search space: (N, D)
+        # the last training batch, in search space, (N, D): the restart candidates (kept only when restarts are on)
+        self.recent_latents: torch.Tensor | None = None
 
     def init_weights(self) -> None:
         if self.kmeans_done is not None:
@@ -225,7 +227,7 @@ class VectorQuantizer(Quantizer):
             latents = self.to_search_space(latents)
             batch_size, seq_len, dim = latents.shape
             flat = latents.reshape(-1, dim).detach()  # (B, L, D) -> (B*L, D)
-            if self.training:
+            if self.is_training_step:
                 self.maintain_codebook_(flat)
             codes = self.codes()
             indices = nearest_code(flat, codes.detach()).view(batch_size, seq_len)
@@ -234,10 +236,11 @@ class VectorQuantizer(Quantizer):
             if self.entropy_loss_weight > 0:
                 logits = -squared_distances(latents.reshape(-1, dim), codes) / self.entropy_temperature  # (B*L, K)
                 losses["entropy_loss"] = self.entropy_loss_weight * entropy_loss(logits, self.codebook_entropy_weight)
-            if self.training:
+            if self.is_training_step:
                 self.update_codebook_(flat, indices.reshape(-1))
                 self.usage.update(indices)
-                self.recent_latents = flat
+                if self.restarts_dead_codes:
+                    self.recent_latents = flat
             stats = {"perplexity": code_perplexity(indices, self.codebook_size)}
             return QuantizerOutput(self.from_search_space(self.estimator(latents, quantized)), indices, losses, stats)
 

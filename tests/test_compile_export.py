@@ -42,11 +42,19 @@ onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX tests need the onn
 pytest.importorskip("onnxscript", reason="torch.onnx.export (dynamo) needs onnxscript: pip install '.[onnx]'")
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+# The three layouts of what `encode` returns: (B, L) ids, (B, L, num_quantizers) ids, (B, L, codebook_dim) latents.
+QUANTIZERS = {
+    "vq": {},
+    "rvq": {"quantizer_type": "rvq", "num_quantizers": 2, "use_l2_norm_codes": False},
+    "kl": {"quantizer_type": "kl"},
+}
+
+
+@pytest.fixture(scope="module", params=list(QUANTIZERS))
+def exported(request, tmp_path_factory):
     from hf_vitvq.onnx_export import export_onnx
 
-    model = make_model()
+    model = make_model(**QUANTIZERS[request.param])
     return model, export_onnx(model, tmp_path_factory.mktemp("onnx"))
 
 
@@ -58,9 +66,13 @@ def test_onnxruntime_matches_pytorch_at_any_batch_size(exported, batch):
     encoder = onnxruntime.InferenceSession(paths["encoder"], options, providers=["CPUExecutionProvider"])
     decoder = onnxruntime.InferenceSession(paths["decoder"], options, providers=["CPUExecutionProvider"])
     x = pixels(model.config, batch=batch, seed=batch)
+    expected_ids = model.encode(x)
     (token_ids,) = encoder.run(None, {"pixel_values": x.numpy()})
-    assert token_ids.dtype == "int64" and token_ids.shape == (batch, model.config.num_latent_tokens)
-    assert torch.equal(torch.from_numpy(token_ids), model.encode(x))
+    assert token_ids.shape == tuple(expected_ids.shape) and str(token_ids.dtype) == str(expected_ids.dtype)[6:]
+    if model.quantize.is_continuous:
+        torch.testing.assert_close(torch.from_numpy(token_ids), expected_ids, atol=1e-5, rtol=0)
+    else:
+        assert torch.equal(torch.from_numpy(token_ids), expected_ids)
     (decoded,) = decoder.run(None, {"token_ids": token_ids})
     torch.testing.assert_close(torch.from_numpy(decoded), model.decode(torch.from_numpy(token_ids)), atol=1e-4, rtol=0)
 

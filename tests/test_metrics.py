@@ -42,6 +42,17 @@ def test_ssim_matches_skimage_gaussian_ssim():
     assert ssim(reference, reference).min().item() == pytest.approx(1.0, abs=1e-6)
 
 
+def test_metrics_of_uint8_images_are_float32_and_equal_those_of_the_same_values_as_floats():
+    generator = torch.Generator().manual_seed(2)
+    reference = torch.randint(0, 256, (2, 3, 24, 24), generator=generator, dtype=torch.uint8)
+    distorted = (reference.int() + torch.randint(-20, 21, reference.shape, generator=generator)).clamp(0, 255)
+    distorted = distorted.to(torch.uint8)
+    for metric in (psnr, ssim):
+        ours = metric(distorted, reference, data_range=255)
+        assert ours.dtype == torch.float32
+        torch.testing.assert_close(ours, metric(distorted.float(), reference.float(), data_range=255))
+
+
 def test_codebook_usage_counts_distinct_codes():
     assert codebook_usage(torch.tensor([[0, 0, 3], [3, 5, 0]]), codebook_size=8).item() == pytest.approx(3 / 8)
     assert math.isclose(codebook_usage(torch.arange(4), codebook_size=4).item(), 1.0)

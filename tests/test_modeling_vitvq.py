@@ -50,6 +50,19 @@ def test_encode_decode_agree_with_forward():
     torch.testing.assert_close(model.decode_latents(output.quantized_latents), output.reconstruction)
 
 
+def test_encode_and_decode_outputs_can_enter_a_graph_autograd_records():
+    """The helpers run in inference mode, but what they return is an ordinary tensor: a downstream prior can embed
+    the token ids, and a network being trained can read the decoded pixels, with autograd saving them."""
+    model = make_model()
+    token_ids = model.encode(pixels(model.config))
+    reconstruction = model.decode(token_ids)
+    assert not token_ids.is_inference() and not reconstruction.is_inference()
+    prior_embedding = torch.nn.Embedding(model.config.codebook_size, 4)
+    scale = torch.ones((), requires_grad=True)
+    (prior_embedding(token_ids).sum() + (reconstruction * scale).sum()).backward()
+    assert prior_embedding.weight.grad.abs().sum() > 0 and scale.grad is not None
+
+
 def test_encoder_matches_titok_computation_written_out():
     """The encoder, spelled out step by step as TiTok computes it (with torch's MultiheadAttention)."""
     model = make_model()

@@ -100,6 +100,28 @@ def test_save_load_round_trip(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
+def test_encode_on_a_model_in_train_mode_changes_nothing_and_does_not_sample(name):
+    """`ViTVQModel(config)` starts in train mode; `encode` / `decode` (inference mode) on it must not maintain the
+    codebook (k-means, EMA, dead-code restarts, usage counts) nor sample (`kl`): the same ids as in eval mode."""
+    model = make_model(name)
+    train_steps(model, 1)  # past k-means, with restart candidates held
+    before = {key: value.clone() for key, value in [*model.named_parameters(), *model.named_buffers()]}
+    x = pixels(seed=5)
+    token_ids = [model.encode(x) for _ in range(3)]
+    model.decode(token_ids[0])
+    assert model.training
+    after = dict([*model.named_parameters(), *model.named_buffers()])
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+    assert all(torch.equal(ids, token_ids[0]) for ids in token_ids)
+    assert torch.equal(model.eval().encode(x), token_ids[0])
+
+
+# Variants whose codebook-usage window is not saved: no dead-code restart reads it (`kl` has none).
+WITHOUT_SAVED_USAGE = [name for name in VARIANTS if name not in ("vq_euclidean_ema_kmeans_restart", "rvq", "kl")]
+
+
+@pytest.mark.parametrize("name", WITHOUT_SAVED_USAGE)
 def test_loaded_model_starts_its_unsaved_buffers_fresh(name, tmp_path):
     """Buffers not saved with the model (the codebook-usage window unless restarts need it) are initialised on load,
     not left as uninitialised memory: a fine-tuning run logs the codebook health of its own steps."""
@@ -109,8 +131,7 @@ def test_loaded_model_starts_its_unsaved_buffers_fresh(name, tmp_path):
     loaded = ViTVQModel.from_pretrained(tmp_path)
     saved = set(model.state_dict())
     unsaved = {key: buffer for key, buffer in fresh.named_buffers() if key not in saved}
-    if name not in ("vq_euclidean_ema_kmeans_restart", "rvq", "kl"):
-        assert unsaved, "expected the usage window to stay out of the checkpoint"
+    assert unsaved, "expected the usage window to stay out of the checkpoint"
     loaded_buffers = dict(loaded.named_buffers())
     for key, buffer in unsaved.items():
         assert torch.equal(loaded_buffers[key], buffer), key

@@ -263,11 +263,19 @@ def test_dead_code_restart_replaces_exactly_the_dead_codes(ema):
     changed = (quantizer.embedding.weight != before).any(dim=1)
     assert changed.tolist() == dead.tolist()
     assert not quantizer.usage.dead_codes(unused_steps=2, threshold=0.0)[dead].any()  # fresh after re-seeding
+    assert quantizer.codebook_health()["codebook_usage"].item() == 1.0  # re-seeded codes count as hit
     candidates = second.reshape(-1, 2)
     for code in quantizer.embedding.weight[dead]:
         assert (candidates == code).all(dim=1).any()
     if ema:
         assert quantizer.cluster_size[dead].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_without_restarts_no_restart_candidates_are_kept():
+    """Holding the last batch (and checking it for dead codes at every step) is for dead-code restarts only."""
+    quantizer = make_quantizer(codebook_size=4, codebook_dim=2).train()
+    quantizer(torch.randn(2, 3, 2))
+    assert quantizer.recent_latents is None and int(quantizer.usage.step) == 1
 
 
 def test_dead_code_threshold_uses_the_moving_average_of_hits():
