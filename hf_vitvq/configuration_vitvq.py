@@ -138,7 +138,7 @@ class ViTVQConfig(PretrainedConfig):
             training batch.
         kmeans_iterations (`int`, defaults to 10): Lloyd iterations of that k-means.
         dead_code_steps (`int`, defaults to 0): `vq`/`rvq`: re-seed codes not used for this many training steps
-            from the previous batch's latents; 0 turns it off.
+            with latents of the current batch (before its lookup); 0 turns it off.
         dead_code_threshold (`float`, defaults to 0.0): `vq`/`rvq`: also re-seed codes whose moving average of hits
             per step falls below this; 0 turns it off.
         usage_window (`int`, defaults to 100): length, in training steps, of the window over which codebook usage is

@@ -109,13 +109,14 @@ class CodebookUsage(nn.Module):
         self.frequency.lerp_(counts, 1.0 / self.window)
 
     def dead_codes(self, unused_steps: int, threshold: float) -> torch.Tensor:
-        """(K,) bool: codes not hit for `unused_steps` steps (0: off) or with `frequency < threshold` (0: off)."""
+        """(K,) bool: codes not hit for `unused_steps` steps (0: off) or with `frequency < threshold` (0: off); none
+        before the first step is counted."""
         dead = torch.zeros(self.codebook_size, dtype=torch.bool, device=self.frequency.device)
         if unused_steps > 0:
             dead |= self.step - self.last_hit >= unused_steps
         if threshold > 0:
             dead |= self.frequency < threshold
-        return dead
+        return dead & (self.step > 0)
 
     @torch.no_grad()
     def reset_(self, mask: torch.Tensor, frequency: float) -> None:

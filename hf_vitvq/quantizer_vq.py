@@ -2,7 +2,7 @@
 
 - l2-normalised (cosine) codes and low-dimensional factorized codes (ViT-VQGAN, arXiv 2110.04627; TiTok);
 - an EMA codebook with Laplace smoothing instead of the codebook loss (VQ-VAE-2, arXiv 1906.00446);
-- k-means initialisation on the first training batch and dead-code restart from recent encoder outputs
+- k-means initialisation on the first training batch and dead-code restart from the batch's encoder outputs
   (Jukebox, arXiv 2005.00341; SoundStream, arXiv 2107.03312);
 - an entropy regulariser on soft assignments (MAGVIT-v2, arXiv 2310.05737);
 - the rotation trick instead of the straight-through copy (Fifty et al., arXiv 2410.06424);
@@ -164,8 +164,8 @@ class VectorQuantizer(Quantizer):
 
     With `use_l2_norm_codes`, latents and codes are l2-normalised before the search, so the nearest code is the most
     cosine-similar one. In a training step (see [`Quantizer.is_training_step`]) it also maintains the codebook: k-means
-    initialisation on the first batch, dead-code restarts from the previous batch's latents, and usage statistics,
-    all synchronised across processes.
+    initialisation on the first batch, dead-code restarts from the batch's latents, and usage statistics, all
+    synchronised across processes. It keeps no state outside its buffers, so training resumes exactly.
     Subclasses change how the codes are parameterised and updated ([`EMAVectorQuantizer`], [`SimVQQuantizer`]).
     Runs in float32 under autocast.
     """
@@ -194,8 +194,6 @@ class VectorQuantizer(Quantizer):
             self.register_buffer("kmeans_done", torch.zeros((), dtype=torch.bool))
         else:
             self.kmeans_done = None
-        # the last training batch, in search space, (N, D): the restart candidates (kept only when restarts are on)
-        self.recent_latents: torch.Tensor | None = None
 
     def init_weights(self) -> None:
         if self.kmeans_done is not None:
@@ -239,8 +237,6 @@ class VectorQuantizer(Quantizer):
             if self.is_training_step:
                 self.update_codebook_(flat, indices.reshape(-1))
                 self.usage.update(indices)
-                if self.restarts_dead_codes:
-                    self.recent_latents = flat
             stats = {"perplexity": code_perplexity(indices, self.codebook_size)}
             return QuantizerOutput(self.from_search_space(self.estimator(latents, quantized)), indices, losses, stats)
 
@@ -259,14 +255,15 @@ class VectorQuantizer(Quantizer):
 
     @torch.no_grad()
     def maintain_codebook_(self, vectors: torch.Tensor) -> None:
-        """Before a training lookup on (N, D) `vectors`: k-means init on the first batch, else dead-code restart."""
+        """Before a training lookup on (N, D) `vectors`: k-means init on the first batch; later, re-seed the dead
+        codes with rows of `vectors`, which then find them in this very lookup."""
         if self.kmeans_done is not None and not self.kmeans_done:
             seeds = sample_vectors(vectors, self.codebook_size)
             centroids = kmeans(vectors, seeds, self.kmeans_iterations, self.use_l2_norm)
             self.replace_codes_(torch.ones(self.codebook_size, dtype=torch.bool, device=vectors.device), centroids)
             self.kmeans_done.fill_(True)
-        elif self.recent_latents is not None:
-            self.restart_dead_codes_(self.recent_latents)
+        elif self.restarts_dead_codes:
+            self.restart_dead_codes_(vectors)
 
     @torch.no_grad()
     def restart_dead_codes_(self, candidates: torch.Tensor) -> torch.Tensor:

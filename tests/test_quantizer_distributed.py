@@ -74,9 +74,9 @@ def test_two_processes_keep_identical_codebooks(tmp_path):
     torch.testing.assert_close(ema["cluster_size"], reference.cluster_size)
     torch.testing.assert_close(ema["usage.frequency"], reference.usage.frequency)
 
-    # k-means ran once; the restart before the last step re-seeded codes from rank 0's previous batch only
+    # k-means ran once; the restart before the last lookup re-seeded codes from rank 0's batch only
     maintained = states["maintained"][0]
     assert bool(maintained["kmeans_done"]) and int(maintained["usage.step"]) == STEPS
     codes = maintained["embedding.weight"]
-    from_rank = [(codes[:, None, :] == data[r, -2].reshape(-1, DIM)[None]).all(-1).any(-1) for r in range(2)]
+    from_rank = [(codes[:, None, :] == data[r, -1].reshape(-1, DIM)[None]).all(-1).any(-1) for r in range(2)]
     assert from_rank[0].sum() >= 1 and not from_rank[1].any()

@@ -256,26 +256,21 @@ def test_dead_code_restart_replaces_exactly_the_dead_codes(ema):
     before = quantizer.embedding.weight.clone()
     dead = quantizer.usage.dead_codes(unused_steps=2, threshold=0.0)
     assert dead.tolist() == [False, False, True, True, False, True]
+    third = torch.tensor([[[0.0, 1.0], [1.0, 0.5]]])
     if ema:  # a forward would also move every code by EMA: re-seed directly
-        assert torch.equal(quantizer.restart_dead_codes_(quantizer.recent_latents), dead)
-    else:  # the restart happens before this lookup, from `second`
-        quantizer(torch.tensor([[[0.0, 1.0]]]))
+        assert torch.equal(quantizer.restart_dead_codes_(third.reshape(-1, 2)), dead)
+    else:  # the restart happens before this lookup, from this batch, whose vectors then pick the new codes
+        indices = quantizer(third).indices.reshape(-1)
+        assert dead[indices].all()
     changed = (quantizer.embedding.weight != before).any(dim=1)
     assert changed.tolist() == dead.tolist()
     assert not quantizer.usage.dead_codes(unused_steps=2, threshold=0.0)[dead].any()  # fresh after re-seeding
     assert quantizer.codebook_health()["codebook_usage"].item() == 1.0  # re-seeded codes count as hit
-    candidates = second.reshape(-1, 2)
+    candidates = third.reshape(-1, 2)
     for code in quantizer.embedding.weight[dead]:
         assert (candidates == code).all(dim=1).any()
     if ema:
         assert quantizer.cluster_size[dead].tolist() == [1.0, 1.0, 1.0]
-
-
-def test_without_restarts_no_restart_candidates_are_kept():
-    """Holding the last batch (and checking it for dead codes at every step) is for dead-code restarts only."""
-    quantizer = make_quantizer(codebook_size=4, codebook_dim=2).train()
-    quantizer(torch.randn(2, 3, 2))
-    assert quantizer.recent_latents is None and int(quantizer.usage.step) == 1
 
 
 def test_dead_code_threshold_uses_the_moving_average_of_hits():
@@ -283,11 +278,12 @@ def test_dead_code_threshold_uses_the_moving_average_of_hits():
         codebook_size=3, codebook_dim=1, use_l2_norm_codes=False, dead_code_threshold=0.5, usage_window=2
     ).train()
     set_codes(quantizer, [[0.0], [10.0], [20.0]])
-    quantizer(torch.tensor([[[0.0], [0.0], [10.0]]]))  # counts (2, 1, 0): frequency = 0.5 * counts
+    quantizer(torch.tensor([[[0.0], [0.0], [10.0]]]))  # no restart before a step is counted; counts (2, 1, 0)
     torch.testing.assert_close(quantizer.usage.frequency, torch.tensor([1.0, 0.5, 0.0]))
     assert quantizer.usage.dead_codes(unused_steps=0, threshold=0.5).tolist() == [False, False, True]
-    quantizer(torch.tensor([[[0.0]]]))  # restarts code 2 from the first batch, then counts (1, 0, 0)
-    assert quantizer.embedding.weight[2].item() in (0.0, 10.0)
+    assert torch.equal(quantizer.embedding.weight.flatten(), torch.tensor([0.0, 10.0, 20.0]))
+    quantizer(torch.tensor([[[3.0]]]))  # re-seeds code 2 with this batch's 3.0, which then picks it
+    assert quantizer.embedding.weight[2].item() == 3.0
 
 
 def test_codebook_usage_statistics_over_the_window():

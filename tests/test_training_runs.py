@@ -48,9 +48,12 @@ def test_short_training_improves_reconstruction(tmp_path):
 def test_crash_and_resume_gives_the_uninterrupted_run(tmp_path):
     """kill -9 after a checkpoint, leave a half-written checkpoint behind, resume `latest`: every later loss and the
     final (EMA) weights equal those of an uninterrupted run with the same seed, bit for bit (same machine, same
-    thread count, deterministic CPU kernels)."""
+    thread count, deterministic CPU kernels). With the demo's codebook recipe: an EMA codebook whose dead codes are
+    re-seeded, state that must resume too."""
+    codebook = {"use_l2_norm_codes": False, "use_ema_codebook": True, "dead_code_steps": 2, "use_rotation_trick": True}
     common = [*QUICK_RUN, "--max_train_steps", "40", "--checkpointing_steps", "10", "--checkpoints_total_limit", "2",
-              "--validation_steps", "1000", "--use_ema", "--ema_decay", "0.9"]  # fmt: skip
+              "--validation_steps", "1000", "--use_ema", "--ema_decay", "0.9",
+              "--model_overrides", json.dumps(codebook)]  # fmt: skip
     reference_dir, crashed_dir = tmp_path / "reference", tmp_path / "crashed"
     reference = start_subprocess([*common, "--output_dir", str(reference_dir)], tmp_path / "reference.log")
 
