@@ -1,5 +1,5 @@
 """Run under `torchrun --nproc_per_node 2` by tests/test_training_multiprocess.py: trains a few steps and writes, per
-rank, the example names it read and its final weights, so that the test can compare the ranks."""
+rank, the example names it read and its final weights, so that the test can compare the ranks; exports `final/`."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def main() -> None:
 
     try:
         before = validation_l2()
-        trainer.run()
+        trainer.export(trainer.run())  # the model card and final model (main process)
         if rank == 0:
             (report_dir / "validation_l2.json").write_text(json.dumps({"before": before, "after": validation_l2()}))
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, report_dir / f"weights{rank}.safetensors")

@@ -17,6 +17,7 @@ from data import (
     decode_image,
     find_image_column,
     image_folder_stream,
+    image_folder_streams,
     load_streams,
     prefetch,
     random_resized_crop,
@@ -141,6 +142,22 @@ def test_image_folder_stream_has_one_shard_per_file(tmp_path):
         image_folder_stream(tmp_path / "empty")
 
 
+def test_image_folder_holds_out_files_spread_over_it_that_no_process_trains_on(tmp_path):
+    train, validation = image_folder_streams(make_image_folder(tmp_path / "images", 12), num_validation=3)
+    held_out = [example["name"] for example in validation]
+    assert held_out == ["img000.png", "img004.png", "img008.png"]
+    epochs = {}
+    for rank in (0, 1):  # a buffer of 1 shuffles only the order of the shards (files)
+        stream = TrainingImageStream(train, "image", ViTVQImageProcessor.for_image_size(8), 8, seed=0, rank=rank,
+                                     world_size=2, shuffle_buffer_size=1)  # fmt: skip
+        epochs[rank] = [example["name"] for example in stream.dataset]
+    assert not set(epochs[0]) & set(epochs[1]) and not set(epochs[0] + epochs[1]) & set(held_out)
+    assert len(epochs[0]) + len(epochs[1]) == 9
+    assert any(epoch != sorted(epoch) for epoch in epochs.values())
+    with pytest.raises(ValueError, match="has 12 image files"):
+        image_folder_streams(tmp_path / "images", num_validation=12)
+
+
 def make_stream(folder: Path, rank: int = 0, world_size: int = 1, buffer: int = 4) -> TrainingImageStream:
     return TrainingImageStream(
         image_folder_stream(folder), "image", ViTVQImageProcessor.for_image_size(8), 8,
@@ -248,6 +265,21 @@ def test_parquet_images_stream_and_hold_out_validation(tmp_path, streaming):
     assert [example["label"] for example in train] == [2, 3, 4, 5]
 
 
+def test_a_streamed_dataset_holds_out_validation_on_one_process_only(tmp_path):
+    import datasets
+
+    images = [PIL.Image.new("RGB", (10, 12), (i * 20, 0, 0)) for i in range(4)]
+    datasets.Dataset.from_dict({"picture": images}).cast_column("picture", datasets.Image()).to_parquet(
+        tmp_path / "images.parquet"
+    )
+    data_args = parquet_args(str(tmp_path / "images.parquet"), validation_images=2, streaming=True)
+    with pytest.raises(ValueError, match="pass --validation_split, or --no_streaming"):
+        load_streams(data_args, resolution=8, world_size=2)
+    data_args.streaming = False  # map-style: rows are held out by index, on any number of processes
+    train, validation, _ = load_streams(data_args, resolution=8, world_size=2)
+    assert len(list(validation)) == 2 and len(list(train)) == 2
+
+
 def test_webdataset_shards_stream_with_detected_column_and_per_rank_shards(tmp_path):
     import tarfile
 
@@ -283,6 +315,30 @@ def test_loss_composition_weights_every_term():
     assert "l1_loss" not in TokenizerLoss(LossWeights(reconstruction_l1=0.0))(images, output)
     with pytest.raises(ValueError, match="At least one"):
         TokenizerLoss(LossWeights(reconstruction_l1=0.0, reconstruction_l2=0.0))
+
+
+def test_trackers_record_the_arguments_but_not_the_hub_token():
+    from train import tracker_config
+
+    _, _, args = parse_args(["--hub_token", "hf_secret", "--learning_rate", "0.5"])
+    recorded = tracker_config(args)
+    assert recorded["learning_rate"] == 0.5 and "hf_secret" not in recorded.values() and "hub_token" not in recorded
+
+
+def test_weight_ema_averages_floats_and_copies_counters():
+    from torch.optim.swa_utils import AveragedModel
+    from train import ema_of_floats
+
+    model = torch.nn.Module()
+    model.register_buffer("weight", torch.zeros(2))
+    model.register_buffer("step", torch.zeros((), dtype=torch.long))
+    averaged = AveragedModel(model, multi_avg_fn=ema_of_floats(0.5), use_buffers=True)
+    for step in range(1, 4):
+        model.weight.fill_(8.0 * step)
+        model.step.fill_(step)
+        averaged.update_parameters(model)
+    # 8 (copied at the first update), then 0.5 * 8 + 0.5 * 16 = 12, then 0.5 * 12 + 0.5 * 24 = 18
+    assert averaged.module.weight.tolist() == [18.0, 18.0] and int(averaged.module.step) == 3
 
 
 def test_code_histogram_reaches_tensorboard_with_one_bucket_per_code(tmp_path):

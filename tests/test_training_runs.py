@@ -20,6 +20,9 @@ from training_utils import QUICK_RUN, losses_by_step, run_in_process, start_subp
 
 from hf_vitvq import ViTVQConfig, ViTVQImageProcessor, ViTVQModel
 
+# The demo's codebook recipe (training/configs/demo.yaml) with restarts after 2 idle steps: state in the quantizer.
+DEMO_CODEBOOK = {"use_l2_norm_codes": False, "use_ema_codebook": True, "dead_code_steps": 2, "use_rotation_trick": True}
+
 
 def test_short_training_improves_reconstruction(tmp_path):
     """300 steps on the embedded photos: the loss falls and held-out PSNR rises clearly above an untrained model."""
@@ -50,10 +53,9 @@ def test_crash_and_resume_gives_the_uninterrupted_run(tmp_path):
     final (EMA) weights equal those of an uninterrupted run with the same seed, bit for bit (same machine, same
     thread count, deterministic CPU kernels). With the demo's codebook recipe: an EMA codebook whose dead codes are
     re-seeded, state that must resume too."""
-    codebook = {"use_l2_norm_codes": False, "use_ema_codebook": True, "dead_code_steps": 2, "use_rotation_trick": True}
     common = [*QUICK_RUN, "--max_train_steps", "40", "--checkpointing_steps", "10", "--checkpoints_total_limit", "2",
               "--validation_steps", "1000", "--use_ema", "--ema_decay", "0.9",
-              "--model_overrides", json.dumps(codebook)]  # fmt: skip
+              "--model_overrides", json.dumps(DEMO_CODEBOOK)]  # fmt: skip
     reference_dir, crashed_dir = tmp_path / "reference", tmp_path / "crashed"
     reference = start_subprocess([*common, "--output_dir", str(reference_dir)], tmp_path / "reference.log")
 
@@ -89,14 +91,27 @@ def test_crash_and_resume_gives_the_uninterrupted_run(tmp_path):
 
 
 def test_non_finite_loss_stops_the_run_after_saving_the_last_good_state(tmp_path):
+    """With an EMA codebook, whose statistics the failing forward has already updated with non-finite latents."""
     output_dir = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match=r"at step (\d+); the last good state \(step (\d+)\)") as error:
         run_in_process([*QUICK_RUN, "--output_dir", str(output_dir), "--max_train_steps", "20", "--learning_rate",
-                        "1e30", "--lr_warmup_steps", "0", "--checkpointing_steps", "100"])  # fmt: skip
+                        "1e30", "--lr_warmup_steps", "0", "--checkpointing_steps", "100",
+                        "--model_overrides", json.dumps(DEMO_CODEBOOK)])  # fmt: skip
     last_good = int(str(error.value).split("(step ")[1].split(")")[0])
     assert (output_dir / f"checkpoint-{last_good}" / "model.safetensors").is_file()
     weights = load_file(output_dir / f"checkpoint-{last_good}" / "model.safetensors")
     assert all(torch.isfinite(tensor).all() for tensor in weights.values())
+
+
+def test_resume_with_another_number_of_processes_is_refused(tmp_path):
+    output_dir = tmp_path / "run"
+    common = [*QUICK_RUN, "--output_dir", str(output_dir), "--checkpointing_steps", "2", "--validation_steps", "100"]
+    run_in_process([*common, "--max_train_steps", "2"])
+    data_state = output_dir / "checkpoint-2" / "data_state_rank0.json"
+    assert json.loads(data_state.read_text())["world_size"] == 1
+    data_state.write_text(json.dumps({**json.loads(data_state.read_text()), "world_size": 2}))
+    with pytest.raises(ValueError, match=r"written by 2 process\(es\), this run has 1"):
+        run_in_process([*common, "--max_train_steps", "4", "--resume_from_checkpoint", "latest"])
 
 
 def test_push_to_hub_sends_final_model_and_checkpoints_and_skips_bad_samples(tmp_path, fake_hub, caplog):

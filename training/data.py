@@ -49,14 +49,41 @@ def _read_files(paths: list[str]) -> Iterator[dict[str, Any]]:
         yield {"image": {"bytes": Path(path).read_bytes(), "path": path}, "name": Path(path).name}
 
 
-def image_folder_stream(folder: str | Path) -> IterableDataset:
-    """Every image file under `folder` as a stream with one shard per file, so that each process of a multi-process
-    run reads only its own files (`load_dataset("imagefolder", streaming=True)` is one shard: every rank would read
-    every file)."""
+def image_files(folder: str | Path) -> list[str]:
+    """The image files under `folder` (recursively), sorted by path."""
     files = sorted(str(p) for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"--train_data_dir {folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
+    return files
+
+
+def file_stream(files: list[str]) -> IterableDataset:
+    """The image `files` as a stream with one shard per file, so that each process of a multi-process run reads only
+    its own files and the shard order can be shuffled (`load_dataset("imagefolder", streaming=True)` is one shard:
+    every rank would read every file)."""
     return IterableDataset.from_generator(_read_files, gen_kwargs={"paths": files}, features=EMBEDDED_FEATURES)
+
+
+def image_folder_stream(folder: str | Path) -> IterableDataset:
+    """Every image file under `folder`: [`file_stream`] of [`image_files`]."""
+    return file_stream(image_files(folder))
+
+
+def image_folder_streams(folder: str | Path, num_validation: int) -> tuple[IterableDataset, IterableDataset]:
+    """(train, validation) streams of the image files under `folder`: `num_validation` files spread evenly over the
+    sorted list (a folder sorted by class validates on every class) are held out; the others train. Split by file
+    list, not by `take` / `skip` on one stream: a skipped stream can no longer shuffle its shard order, and
+    `skip` before the per-process split would skip other files on every process."""
+    files = image_files(folder)
+    if not 0 < num_validation < len(files):
+        raise ValueError(
+            f"--validation_images {num_validation}: {folder} has {len(files)} image files; at least one must be held "
+            "out for validation and one left for training."
+        )
+    held_out = {index * len(files) // num_validation for index in range(num_validation)}
+    validation = [path for index, path in enumerate(files) if index in held_out]
+    train = [path for index, path in enumerate(files) if index not in held_out]
+    return file_stream(train), file_stream(validation)
 
 
 @cache
@@ -123,39 +150,58 @@ def find_image_column(features: Features | None, requested: str | None) -> str:
     return image_columns[0]
 
 
-def load_streams(data_args: Any, resolution: int) -> tuple[IterableDataset, IterableDataset, str]:
-    """(train stream, validation stream, image column) for the data arguments of `train.py`.
+def as_stream(dataset: datasets.Dataset | IterableDataset) -> IterableDataset:
+    """A map-style dataset as a stream, in shards that processes can split; a stream as it is."""
+    if isinstance(dataset, datasets.Dataset):
+        return dataset.to_iterable_dataset(num_shards=min(64, max(1, len(dataset))))
+    return dataset
 
-    Validation comes from `--validation_split` when given; otherwise the first `--validation_images` examples are
-    held out of the training stream (whole files, for a `--train_data_dir`).
+
+def load_streams(data_args: Any, resolution: int, world_size: int = 1) -> tuple[IterableDataset, IterableDataset, str]:
+    """(train stream, validation stream, image column) for the data arguments of `train.py`, run on `world_size`
+    processes.
+
+    Validation comes from `--validation_split` when given; otherwise `--validation_images` examples are held out of
+    the training data: whole files spread over a `--train_data_dir`, the first rows of a map-style dataset. A
+    streamed dataset (`--streaming`) can hold out its first examples only on one process (each process would skip
+    its own first examples, and the others would train on the held-out ones): with more, pass `--validation_split`.
     """
     if data_args.dataset_name is None and data_args.train_data_dir is None:
         train, validation = embedded_streams(resolution)
         return train, validation, "image"
     if data_args.train_data_dir is not None:
-        stream = image_folder_stream(data_args.train_data_dir)
-        validation = stream.take(data_args.validation_images)
-        return stream.skip(data_args.validation_images), validation, "image"
+        train, validation = image_folder_streams(data_args.train_data_dir, data_args.validation_images)
+        return train, validation, "image"
 
-    def load(split: str) -> IterableDataset:
-        dataset = datasets.load_dataset(
+    def load(split: str) -> datasets.Dataset | IterableDataset:
+        return datasets.load_dataset(
             data_args.dataset_name,
             data_args.dataset_config_name,
             data_files=data_args.data_files,
             split=split,
             streaming=data_args.streaming,
         )
-        if isinstance(dataset, datasets.Dataset):  # map-style: stream it, in shards that processes can split
-            dataset = dataset.to_iterable_dataset(num_shards=min(64, max(1, len(dataset))))
-        return dataset
 
     train = load(data_args.train_split)
     image_column = find_image_column(train.features, data_args.image_column)
+    num_validation = data_args.validation_images
     if data_args.validation_split is not None:
         validation = load(data_args.validation_split)
+    elif isinstance(train, datasets.Dataset):
+        if not 0 < num_validation < len(train):
+            raise ValueError(
+                f"--validation_images {num_validation}: the {data_args.train_split!r} split has {len(train)} rows; "
+                "at least one must be held out for validation and one left for training (or pass --validation_split)."
+            )
+        validation, train = train.select(range(num_validation)), train.select(range(num_validation, len(train)))
+    elif world_size > 1:
+        raise ValueError(
+            f"A streamed dataset cannot hold out validation images on {world_size} processes (each would skip its "
+            "own first examples and train on the held-out ones): pass --validation_split, or --no_streaming."
+        )
     else:
-        validation, train = train.take(data_args.validation_images), train.skip(data_args.validation_images)
-    return train, validation, image_column
+        validation, train = train.take(num_validation), train.skip(num_validation)
+    return as_stream(train), as_stream(validation), image_column
 
 
 # ---------------------------------------------------------------------------------------------- decoding

@@ -47,10 +47,16 @@ def render_model_card(
 
 
 def write_model_card(
-    folder: Path, config: ViTVQConfig, training_args: Any, data_args: Any, steps: int, metrics: dict[str, float]
+    folder: Path,
+    config: ViTVQConfig,
+    training_args: Any,
+    data_args: Any,
+    steps: int,
+    metrics: dict[str, float],
+    num_processes: int,
 ) -> Path:
-    """Write README.md into `folder`; returns its path."""
+    """Write README.md into `folder` for a run on `num_processes` processes; returns its path."""
     weights = "exponential moving average" if training_args.use_ema and folder.name == "final" else "raw"
     path = folder / "README.md"
-    path.write_text(render_model_card(config, training_args, data_args, steps, metrics, weights))
+    path.write_text(render_model_card(config, training_args, data_args, steps, metrics, weights, num_processes))
     return path

@@ -16,6 +16,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,28 @@ class TrainingProgress:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.global_step, self.images_seen = state["global_step"], state["images_seen"]
+
+
+def tracker_config(args: TrainingArguments) -> dict[str, Any]:
+    """The training arguments the trackers record (TensorBoard's hparams, W&B's config): every one that is set, but
+    not the Hub token."""
+    return {name: value for name, value in vars(args).items() if value is not None and name != "hub_token"}
+
+
+def ema_of_floats(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
+    """`AveragedModel`'s `multi_avg_fn` for a weight EMA with decay `decay`: floating-point tensors are averaged;
+    integer and bool buffers (the codebook's step counters, flags) follow the model, as averaging would truncate them
+    (torch's EMA function leaves a counter stuck at its first value)."""
+    average = get_ema_multi_avg_fn(decay)
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        if averaged[0].is_floating_point():  # the tensors come grouped by dtype
+            average(averaged, current, num_averaged)
+            return
+        for averaged_tensor, current_tensor in zip(averaged, current, strict=True):
+            averaged_tensor.copy_(current_tensor)
+
+    return update
 
 
 def build_config(model_args: ModelArguments, resolution: int | None) -> ViTVQConfig:
@@ -138,7 +161,9 @@ class Trainer:
         self.processor = ViTVQImageProcessor.for_config(self.config)
 
         # Data before the model: a dataset without a usable image column fails here, before any work.
-        train_stream, validation_stream, image_column = load_streams(data_args, self.resolution)
+        train_stream, validation_stream, image_column = load_streams(
+            data_args, self.resolution, world_size=self.accelerator.num_processes
+        )
         self.stream = TrainingImageStream(
             train_stream,
             image_column,
@@ -173,7 +198,7 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.ema = None
         if args.use_ema:
-            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay), use_buffers=True)
+            self.ema = AveragedModel(model, multi_avg_fn=ema_of_floats(args.ema_decay), use_buffers=True)
             self.accelerator.register_for_checkpointing(self.ema)
         self.progress = TrainingProgress()
         self.accelerator.register_for_checkpointing(self.lr_scheduler, self.progress)
@@ -181,6 +206,13 @@ class Trainer:
             LossWeights(args.reconstruction_l1_weight, args.reconstruction_l2_weight, args.quantizer_loss_weight)
         )
         self.stream_state_at_step = self.stream.state_dict()
+        self.quantizer_state_at_step = self.quantizer_state()
+
+    def quantizer_state(self) -> dict[str, torch.Tensor]:
+        """A copy of the quantizer's state (codebook, EMA and usage statistics), which its forward changes: kept
+        at each optimizer step so that a step whose loss is not finite can be undone before the state is saved."""
+        quantizer = self.accelerator.unwrap_model(self.model).quantize
+        return {name: tensor.clone() for name, tensor in quantizer.state_dict().items()}
 
     # ------------------------------------------------------------------------------------------ checkpoints
 
@@ -191,7 +223,7 @@ class Trainer:
         tmp = checkpointing.incomplete_dir(self.output_dir, step)
         accelerator.save_state(str(tmp))
         stream_file = tmp / f"data_state_rank{accelerator.process_index}.json"
-        stream_file.write_text(json.dumps(self.stream_state_at_step))
+        stream_file.write_text(json.dumps({**self.stream_state_at_step, "world_size": accelerator.num_processes}))
         accelerator.wait_for_everyone()
         final = tmp.with_name(f"checkpoint-{step}")
         if accelerator.is_main_process:
@@ -219,15 +251,19 @@ class Trainer:
         if path is None:
             logger.info(f"No checkpoint in {self.output_dir}: starting from scratch.")
             return
+        num_processes = self.accelerator.num_processes
         stream_file = path / f"data_state_rank{self.accelerator.process_index}.json"
-        if not stream_file.is_file():
+        stream_state = json.loads(stream_file.read_text()) if stream_file.is_file() else {}
+        written_by = stream_state.pop("world_size", num_processes if stream_state else None)
+        if written_by != num_processes:
             raise ValueError(
-                f"{path} has no data position for process {self.accelerator.process_index} ({stream_file.name}): "
-                "resume with the number of processes that wrote it."
+                f"{path} was written by {written_by or 'fewer'} process(es), this run has {num_processes}: each "
+                "process resumes its own part of the data stream, so resume with the number that wrote it."
             )
         self.accelerator.load_state(str(path))
-        self.stream.load_state_dict(json.loads(stream_file.read_text()))
+        self.stream.load_state_dict(stream_state)
         self.stream_state_at_step = self.stream.state_dict()
+        self.quantizer_state_at_step = self.quantizer_state()
         logger.info(f"Resumed from {path} at step {self.progress.global_step}")
 
     # ------------------------------------------------------------------------------------------ steps
@@ -246,6 +282,8 @@ class Trainer:
             terms = self.loss_fn(pixel_values, output)
             if not self._loss_is_finite(terms["loss"].detach()):
                 step = self.progress.global_step
+                # the forward already fed this batch to the codebook statistics: undo that before saving
+                self.accelerator.unwrap_model(self.model).quantize.load_state_dict(self.quantizer_state_at_step)
                 self.save_checkpoint()
                 raise NonFiniteLossError(
                     f"The loss became {terms['loss'].item()} at step {step + 1}; the last good state (step {step}) "
@@ -267,6 +305,7 @@ class Trainer:
             pixel_values.shape[0] * accelerator.num_processes * args.gradient_accumulation_steps
         )
         self.stream_state_at_step = stream_position
+        self.quantizer_state_at_step = self.quantizer_state()
         logs = {name: value.item() for name, value in {**output.quantizer_stats, **terms}.items()}
         logs.update(grad_norm=float(grad_norm), lr=self.lr_scheduler.get_last_lr()[0])
         return logs
@@ -299,7 +338,7 @@ class Trainer:
         """Train to `max_train_steps`; returns the final validation metrics (main process)."""
         args, accelerator = self.args, self.accelerator
         if accelerator.is_main_process:
-            accelerator.init_trackers("vitvq", config={k: v for k, v in vars(args).items() if v is not None})
+            accelerator.init_trackers("vitvq", config=tracker_config(args))
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.resume()
         self.log_start()
@@ -392,7 +431,15 @@ class Trainer:
         for folder, model in folders.items():
             model.save_pretrained(folder)
             self.processor.save_pretrained(folder)
-            write_model_card(folder, self.config, self.args, self.data_args, self.progress.global_step, metrics)
+            write_model_card(
+                folder,
+                self.config,
+                self.args,
+                self.data_args,
+                self.progress.global_step,
+                metrics,
+                self.accelerator.num_processes,
+            )
 
         reloaded = AutoModel.from_pretrained(final).eval()
         pixel_values = self.validation[0][:8]
