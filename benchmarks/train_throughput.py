@@ -47,13 +47,18 @@ def run_case(preset: str, batch_size: int, steps: int, warmup: int, mixed_precis
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    def synchronize() -> None:  # the GPU's queued work is done, on every process
+        if accelerator.device.type == "cuda":
+            torch.cuda.synchronize(accelerator.device)
+        accelerator.wait_for_everyone()
+
     for _ in range(warmup):
         step()
-    accelerator.wait_for_everyone()
+    synchronize()
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    accelerator.wait_for_everyone()
+    synchronize()
     seconds = (time.perf_counter() - start) / steps
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
     peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
