@@ -69,17 +69,22 @@ def image_folder_stream(folder: str | Path) -> IterableDataset:
     return file_stream(image_files(folder))
 
 
+def check_hold_out(num_validation: int, source: str, available: int, hint: str = "") -> None:
+    """Raise unless holding out `num_validation` of the `available` examples of `source` leaves some to train on."""
+    if not 0 < num_validation < available:
+        raise ValueError(
+            f"--validation_images {num_validation}: {source}; at least one must be held out for validation and one "
+            f"left for training{hint}."
+        )
+
+
 def image_folder_streams(folder: str | Path, num_validation: int) -> tuple[IterableDataset, IterableDataset]:
     """(train, validation) streams of the image files under `folder`: `num_validation` files spread evenly over the
     sorted list (a folder sorted by class validates on every class) are held out; the others train. Split by file
     list, not by `take` / `skip` on one stream: a skipped stream can no longer shuffle its shard order, and
     `skip` before the per-process split would skip other files on every process."""
     files = image_files(folder)
-    if not 0 < num_validation < len(files):
-        raise ValueError(
-            f"--validation_images {num_validation}: {folder} has {len(files)} image files; at least one must be held "
-            "out for validation and one left for training."
-        )
+    check_hold_out(num_validation, f"{folder} has {len(files)} image files", len(files))
     held_out = {index * len(files) // num_validation for index in range(num_validation)}
     validation = [path for index, path in enumerate(files) if index in held_out]
     train = [path for index, path in enumerate(files) if index not in held_out]
@@ -188,11 +193,8 @@ def load_streams(data_args: Any, resolution: int, world_size: int = 1) -> tuple[
     if data_args.validation_split is not None:
         validation = load(data_args.validation_split)
     elif isinstance(train, datasets.Dataset):
-        if not 0 < num_validation < len(train):
-            raise ValueError(
-                f"--validation_images {num_validation}: the {data_args.train_split!r} split has {len(train)} rows; "
-                "at least one must be held out for validation and one left for training (or pass --validation_split)."
-            )
+        source = f"the {data_args.train_split!r} split has {len(train)} rows"
+        check_hold_out(num_validation, source, len(train), hint=" (or pass --validation_split)")
         validation, train = train.select(range(num_validation)), train.select(range(num_validation, len(train)))
     elif world_size > 1:
         raise ValueError(
