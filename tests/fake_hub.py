@@ -337,7 +337,8 @@ class FakeHub:
                 elif item["key"] == "file":
                     added[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
                 elif item["key"] in ("deletedFile", "deletedFolder"):
-                    deleted.append(item["value"]["path"] + ("/" if item["key"] == "deletedFolder" else ""))
+                    path = item["value"]["path"]
+                    deleted.append(path.rstrip("/") + "/" if item["key"] == "deletedFolder" else path)
                 else:
                     raise _HubError(400, f"FakeHub does not support {item['key']} operations")
             oid = self._commit(key, rev, header.get("summary", ""), header.get("description", ""), added, deleted)

@@ -79,8 +79,10 @@ def test_latest_ignores_incomplete_folders_and_prune_keeps_newest(tmp_path):
     (tmp_path / "checkpoint-final-notes").mkdir()
     assert checkpointing.latest_checkpoint(tmp_path) == tmp_path / "checkpoint-40"
     assert checkpointing.remove_incomplete(tmp_path) == [tmp_path / "checkpoint-50.incomplete"]
-    removed = checkpointing.prune_checkpoints(tmp_path, keep=2)
-    assert removed == [tmp_path / "checkpoint-5"]
+    assert checkpointing.surplus_checkpoints(tmp_path, keep=None) == []
+    surplus = checkpointing.surplus_checkpoints(tmp_path, keep=2)
+    assert surplus == [tmp_path / "checkpoint-5"]
+    checkpointing.remove_checkpoints(surplus)
     assert {p.name for p in tmp_path.iterdir()} == {"checkpoint-10", "checkpoint-40", "checkpoint-final-notes"}
 
 

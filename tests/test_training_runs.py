@@ -120,12 +120,18 @@ def test_push_to_hub_sends_final_model_and_checkpoints_and_skips_bad_samples(tmp
     run_in_process([*QUICK_RUN, "--output_dir", str(output_dir), "--train_data_dir", str(data_dir),
                     "--validation_images", "2", "--max_train_steps", "4", "--checkpointing_steps", "2",
                     "--validation_steps", "4", "--push_to_hub", "--hub_model_id", "org/tiny-tokenizer",
-                    "--hub_push_checkpoints"])  # fmt: skip
+                    "--hub_push_checkpoints", "--checkpoints_total_limit", "1"])  # fmt: skip
     files = fake_hub.repos["org/tiny-tokenizer"]
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_vitvq.py",
-                 "reconstructions.png", "checkpoints/checkpoint-2/model.safetensors",
+                 "reconstructions.png", "checkpoints/checkpoint-4/model.safetensors",
                  "checkpoints/checkpoint-4/optimizer.bin"):  # fmt: skip
         assert name in files, name
+    # the Hub keeps the checkpoints the output folder keeps: checkpoint-2 was deleted in checkpoint-4's commit
+    assert not any(name.startswith("checkpoints/checkpoint-2/") for name in files)
+    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-4"]
+    checkpoint_commits = [commit for commit in fake_hub.commits if "checkpoints/" in commit.message]
+    assert "checkpoints/checkpoint-2/model.safetensors" in checkpoint_commits[0].added  # uploaded before pruned
+    assert [commit.deleted for commit in checkpoint_commits] == [[], ["checkpoints/checkpoint-2/"]]
     assert files["model.safetensors"] == (output_dir / "final" / "model.safetensors").read_bytes()
     card = files["README.md"].decode()
     assert "library_name: transformers" in card and "| steps | 4 |" in card and str(data_dir) in card

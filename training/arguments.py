@@ -89,7 +89,13 @@ class TrainingArguments:
     push_to_hub: bool = field(default=False)
     hub_model_id: str | None = field(default=None)
     hub_token: str | None = field(default=None)
-    hub_push_checkpoints: bool = field(default=False, metadata={"help": "Also push each checkpoint as it is written."})
+    hub_push_checkpoints: bool = field(
+        default=False,
+        metadata={
+            "help": "Also push each checkpoint, in the background, to checkpoints/ in the repo; the repo keeps "
+            "the checkpoints --checkpoints_total_limit keeps."
+        },
+    )
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)

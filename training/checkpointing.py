@@ -58,12 +58,15 @@ def remove_incomplete(output_dir: str | Path) -> list[Path]:
     return stale
 
 
-def prune_checkpoints(output_dir: str | Path, keep: int | None) -> list[Path]:
-    """Delete the oldest complete checkpoints so that at most `keep` remain; returns the deleted folders."""
+def surplus_checkpoints(output_dir: str | Path, keep: int | None) -> list[Path]:
+    """The complete checkpoints beyond the `keep` newest, oldest first (none when `keep` is None)."""
     if keep is None:
         return []
     found = checkpoint_dirs(output_dir)
-    removed = found[: max(0, len(found) - keep)]
-    for path in removed:
+    return found[: max(0, len(found) - keep)]
+
+
+def remove_checkpoints(paths: list[Path]) -> None:
+    """Delete checkpoint folders (those `surplus_checkpoints` returned)."""
+    for path in paths:
         shutil.rmtree(path)
-    return removed

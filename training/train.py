@@ -207,6 +207,11 @@ class Trainer:
         )
         self.stream_state_at_step = self.stream.state_dict()
         self.quantizer_state_at_step = self.quantizer_state()
+        self.checkpoint_pusher = None
+        if args.push_to_hub and args.hub_push_checkpoints and self.accelerator.is_main_process:
+            from hub import CheckpointPusher
+
+            self.checkpoint_pusher = CheckpointPusher(args.hub_model_id, args.hub_token)
 
     def quantizer_state(self) -> dict[str, torch.Tensor]:
         """A copy of the quantizer's state (codebook, EMA and usage statistics), which its forward changes: kept
@@ -228,13 +233,15 @@ class Trainer:
         final = tmp.with_name(f"checkpoint-{step}")
         if accelerator.is_main_process:
             final = checkpointing.publish(self.output_dir, step)
-            for removed in checkpointing.prune_checkpoints(self.output_dir, self.args.checkpoints_total_limit):
+            surplus = checkpointing.surplus_checkpoints(self.output_dir, self.args.checkpoints_total_limit)
+            if self.checkpoint_pusher is not None:
+                self.checkpoint_pusher.wait(surplus)  # their uploads read the files
+            checkpointing.remove_checkpoints(surplus)
+            for removed in surplus:
                 logger.info(f"Removed old checkpoint {removed}")
             logger.info(f"Saved {final}")
-            if self.args.push_to_hub and self.args.hub_push_checkpoints:
-                from hub import push_folder
-
-                push_folder(final, self.args.hub_model_id, f"checkpoints/{final.name}", self.args.hub_token)
+            if self.checkpoint_pusher is not None:
+                self.checkpoint_pusher.push(final, pruned=[path.name for path in surplus])
         accelerator.wait_for_everyone()
         return final
 
@@ -419,6 +426,15 @@ class Trainer:
             logger.warning(f"Skipped {total} undecodable samples in all (e.g. on this process: {names}).")
             self.accelerator.log({"train/skipped_samples": total}, step=self.progress.global_step)
 
+    def finish_pushes(self) -> None:
+        """Wait for the checkpoint uploads still under way; name those that failed."""
+        if self.checkpoint_pusher is None:
+            return
+        self.checkpoint_pusher.wait()
+        if self.checkpoint_pusher.failed:
+            names = ", ".join(path.name for path in self.checkpoint_pusher.failed)
+            logger.warning(f"These checkpoints were not pushed to the Hub (they are on disk): {names}")
+
     def export(self, metrics: dict[str, float]) -> Path:
         """Save `final/` (EMA weights when enabled, with `final_raw/` beside it), reload it with `AutoModel`,
         write a reconstruction grid, push to the Hub when asked; returns the `final/` folder."""
@@ -447,6 +463,8 @@ class Trainer:
         originals = self.processor.postprocess(pixel_values, output_type="pil")
         comparison_grid(originals, reconstructions).save(final / "reconstructions.png")
         if self.args.push_to_hub:
+            if self.checkpoint_pusher is not None:
+                self.checkpoint_pusher.wait()  # the final model's commit comes after the checkpoints'
             from hub import push_folder
 
             url = push_folder(final, self.args.hub_model_id, None, self.args.hub_token)
@@ -473,6 +491,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"or with trust_remote_code=True where hf_vitvq is not installed."
             )
     finally:
+        trainer.finish_pushes()  # also after an error: e.g. the last good state saved at a non-finite loss
         # Ending the process group explicitly avoids gloo's sporadic abort at interpreter exit.
         accelerator.free_memory()
         gc.collect()
