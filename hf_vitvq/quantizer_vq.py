@@ -141,14 +141,13 @@ def kmeans(samples: torch.Tensor, centroids: torch.Tensor, iterations: int, use_
     return centroids
 
 
-def sample_vectors(vectors: torch.Tensor, num: int) -> torch.Tensor:
-    """`num` rows of (N, D) `vectors` drawn on process 0 (without replacement when N >= num) and broadcast to the
-    others: (num, D)."""
-    if vectors.shape[0] >= num:
-        chosen = torch.randperm(vectors.shape[0], device=vectors.device)[:num]
-    else:
-        chosen = torch.randint(vectors.shape[0], (num,), device=vectors.device)
-    return broadcast_from_main(vectors[chosen].contiguous())
+def rows_for(mask: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """Rows of the (N, D) `vectors` for the selected entries of the (K,) bool `mask`: (K, D), distinct random rows
+    for the selected entries (cycling through them when more than N are selected), arbitrary rows elsewhere. Drawn on
+    process 0 and broadcast to the others; no host sync (the number selected is never read)."""
+    permutation = torch.randperm(vectors.shape[0], device=vectors.device)
+    slot = (mask.long().cumsum(0) - 1).clamp(min=0) % vectors.shape[0]  # i-th selected entry -> i-th drawn row
+    return broadcast_from_main(vectors[permutation[slot]].contiguous())
 
 
 def linear_fp32(layer: nn.Linear, inputs: torch.Tensor) -> torch.Tensor:
@@ -216,8 +215,9 @@ class VectorQuantizer(Quantizer):
 
     @torch.no_grad()
     def replace_codes_(self, mask: torch.Tensor, vectors: torch.Tensor) -> None:
-        """Set the codes selected by the (K,) bool `mask` to the (mask.sum(), D) `vectors`."""
-        self.embedding.weight[mask] = vectors.to(self.embedding.weight.dtype)
+        """Set the codes selected by the (K,) bool `mask` to the matching rows of the (K, D) `vectors`."""
+        codes = self.embedding.weight
+        codes.copy_(torch.where(mask.unsqueeze(1), vectors.to(codes.dtype), codes))
 
     def forward(self, latents: torch.Tensor) -> QuantizerOutput:
         """Quantize (B, L, codebook_dim) latents; see [`QuantizerOutput`] (indices (B, L))."""
@@ -258,22 +258,23 @@ class VectorQuantizer(Quantizer):
         """Before a training lookup on (N, D) `vectors`: k-means init on the first batch; later, re-seed the dead
         codes with rows of `vectors`, which then find them in this very lookup."""
         if self.kmeans_done is not None and not self.kmeans_done:
-            seeds = sample_vectors(vectors, self.codebook_size)
-            centroids = kmeans(vectors, seeds, self.kmeans_iterations, self.use_l2_norm)
-            self.replace_codes_(torch.ones(self.codebook_size, dtype=torch.bool, device=vectors.device), centroids)
+            every_code = torch.ones(self.codebook_size, dtype=torch.bool, device=vectors.device)
+            centroids = kmeans(vectors, rows_for(every_code, vectors), self.kmeans_iterations, self.use_l2_norm)
+            self.replace_codes_(every_code, centroids)
             self.kmeans_done.fill_(True)
         elif self.restarts_dead_codes:
             self.restart_dead_codes_(vectors)
 
     @torch.no_grad()
     def restart_dead_codes_(self, candidates: torch.Tensor) -> torch.Tensor:
-        """Re-seed the dead codes (see [`CodebookUsage.dead_codes`]) with rows of the (N, D) `candidates`, the same
-        on every process. Returns the (K,) bool mask of re-seeded codes."""
+        """Re-seed the dead codes (see [`CodebookUsage.dead_codes`]) with distinct rows of the (N, D) `candidates`
+        while there are enough, the same on every process. Returns the (K,) bool mask of re-seeded codes.
+
+        Runs every training step without reading how many codes are dead (a host sync that would stall a GPU): a step
+        with none re-seeds none."""
         dead = self.usage.dead_codes(self.dead_code_steps, self.dead_code_threshold)
-        num_dead = int(dead.sum())
-        if num_dead:
-            self.replace_codes_(dead, sample_vectors(candidates, num_dead))
-            self.usage.reset_(dead, self.dead_code_threshold)
+        self.replace_codes_(dead, rows_for(dead, candidates))
+        self.usage.reset_(dead, self.dead_code_threshold)
         return dead
 
 
@@ -317,8 +318,8 @@ class EMAVectorQuantizer(VectorQuantizer):
     def replace_codes_(self, mask: torch.Tensor, vectors: torch.Tensor) -> None:
         """Re-seed codes as fresh clusters of size 1 holding `vectors`."""
         super().replace_codes_(mask, vectors)
-        self.cluster_size[mask] = 1.0
-        self.embed_sum[mask] = vectors.to(self.embed_sum.dtype)
+        self.cluster_size.masked_fill_(mask, 1.0)
+        self.embed_sum.copy_(torch.where(mask.unsqueeze(1), vectors.to(self.embed_sum.dtype), self.embed_sum))
 
 
 class SimVQQuantizer(VectorQuantizer):

@@ -22,6 +22,7 @@ from hf_vitvq.quantizer_vq import (
     laplace_smoothing,
     nearest_code,
     rotation_trick,
+    rows_for,
     squared_distances,
     straight_through,
     vq_losses,
@@ -271,6 +272,31 @@ def test_dead_code_restart_replaces_exactly_the_dead_codes(ema):
         assert (candidates == code).all(dim=1).any()
     if ema:
         assert quantizer.cluster_size[dead].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_rows_for_gives_distinct_rows_to_the_selected_entries_then_cycles():
+    torch.manual_seed(8)
+    vectors = torch.arange(5.0).unsqueeze(1).expand(5, 3)  # row i is (i, i, i)
+    few = torch.tensor([False, True, False, True, True, False])
+    rows = rows_for(few, vectors)
+    assert rows.shape == (6, 3) and torch.equal(rows[:, 0:1].expand(6, 3), rows)
+    assert len(set(rows[few, 0].tolist())) == 3  # distinct while there are enough candidates
+    many = torch.ones(8, dtype=torch.bool)
+    counts = torch.bincount(rows_for(many, vectors)[:, 0].long(), minlength=5)
+    assert sorted(counts.tolist()) == [1, 1, 2, 2, 2]  # every candidate once before any twice
+
+
+def test_dead_code_restart_never_reads_the_number_of_dead_codes():
+    """No host sync (which stalls a GPU every step): the restart compiles as one graph, with no data-dependent
+    branch or shape."""
+    quantizer = make_quantizer(codebook_size=6, codebook_dim=2, use_l2_norm_codes=False, dead_code_steps=2).train()
+    set_codes(quantizer, [[10.0, 0.0], [-10.0, 0.0], [0.0, 10.0], [0.0, -10.0], [7.0, 7.0], [-7.0, -7.0]])
+    quantizer.usage.step.fill_(2)
+    quantizer.usage.last_hit.copy_(torch.tensor([2, 2, 0, 0, 1, 0]))  # codes 2, 3 and 5 are dead
+    before = quantizer.embedding.weight.clone()
+    dead = torch.compile(quantizer.restart_dead_codes_, fullgraph=True)(torch.tensor([[0.0, 1.0], [1.0, 0.5]]))
+    assert dead.tolist() == [False, False, True, True, False, True]
+    assert ((quantizer.embedding.weight != before).any(dim=1) == dead).all()
 
 
 def test_dead_code_threshold_uses_the_moving_average_of_hits():
