@@ -21,6 +21,7 @@ from data import (
     load_streams,
     prefetch,
     random_resized_crop,
+    validation_batches,
 )
 from losses import LossWeights, TokenizerLoss
 from training_utils import TRAINING_DIR
@@ -267,7 +268,7 @@ def test_parquet_images_stream_and_hold_out_validation(tmp_path, streaming):
     assert [example["label"] for example in train] == [2, 3, 4, 5]
 
 
-def test_a_streamed_dataset_holds_out_validation_on_one_process_only(tmp_path):
+def test_a_stream_in_one_shard_holds_out_validation_on_one_process_only(tmp_path):
     import datasets
 
     images = [PIL.Image.new("RGB", (10, 12), (i * 20, 0, 0)) for i in range(4)]
@@ -280,6 +281,33 @@ def test_a_streamed_dataset_holds_out_validation_on_one_process_only(tmp_path):
     data_args.streaming = False  # map-style: rows are held out by index, on any number of processes
     train, validation, _ = load_streams(data_args, resolution=8, world_size=2)
     assert len(list(validation)) == 2 and len(list(train)) == 2
+
+
+def test_a_sharded_stream_holds_out_its_first_shard_on_every_process(tmp_path, caplog):
+    import datasets
+    from datasets.distributed import split_dataset_by_node
+
+    for shard in range(3):
+        labels = list(range(4 * shard, 4 * shard + 4))
+        images = [PIL.Image.new("RGB", (10, 12), (label * 20, 0, 0)) for label in labels]
+        dataset = datasets.Dataset.from_dict({"picture": images, "label": labels})
+        dataset.cast_column("picture", datasets.Image()).to_parquet(tmp_path / f"part-{shard}.parquet")
+    data_args = parquet_args(str(tmp_path / "part-*.parquet"), validation_images=3, streaming=True)
+    train, validation, column = load_streams(data_args, resolution=8, world_size=2)
+    assert [example["label"] for example in validation] == [0, 1, 2]
+    per_rank = [
+        [example["label"] for example in split_dataset_by_node(train, rank=rank, world_size=2)] for rank in range(2)
+    ]
+    assert not set(per_rank[0]) & set(per_rank[1])
+    assert sorted(per_rank[0] + per_rank[1]) == list(range(4, 12))  # the other shards; shard 0 is not trained on
+    # a shard holding fewer images than asked for: validation on what there is, and a warning that says so
+    data_args.validation_images = 6
+    _, short_validation, _ = load_streams(data_args, resolution=8, world_size=2)
+    processor = ViTVQImageProcessor(size={"height": 8, "width": 8})
+    with caplog.at_level("WARNING"):
+        batches = validation_batches(short_validation, column, processor, limit=6, batch_size=4)
+    assert sum(len(batch) for batch in batches) == 4
+    assert "Validating on 4 images" in caplog.text and "asked: 6" in caplog.text
 
 
 def test_webdataset_shards_stream_with_detected_column_and_per_rank_shards(tmp_path):

@@ -155,6 +155,17 @@ def find_image_column(features: Features | None, requested: str | None) -> str:
     return image_columns[0]
 
 
+def hold_out_first_shard(stream: IterableDataset, num_validation: int) -> tuple[IterableDataset, IterableDataset]:
+    """(train, validation) of a stream in two or more shards (data files): validation is the first `num_validation`
+    examples of shard 0 and training the other shards; the rest of shard 0 is not trained on. Whole shards, not
+    `take` / `skip`: every process holds out the same examples (a skip after the per-process split would skip each
+    process's own first examples), and the training stream can still shuffle its shard order."""
+    num_shards = stream.n_shards
+    validation = stream.shard(num_shards=num_shards, index=0).take(num_validation)
+    train = datasets.concatenate_datasets([stream.shard(num_shards=num_shards, index=i) for i in range(1, num_shards)])
+    return train, validation
+
+
 def as_stream(dataset: datasets.Dataset | IterableDataset) -> IterableDataset:
     """A map-style dataset as a stream, in shards that processes can split; a stream as it is."""
     if isinstance(dataset, datasets.Dataset):
@@ -167,9 +178,10 @@ def load_streams(data_args: Any, resolution: int, world_size: int = 1) -> tuple[
     processes.
 
     Validation comes from `--validation_split` when given; otherwise `--validation_images` examples are held out of
-    the training data: whole files spread over a `--train_data_dir`, the first rows of a map-style dataset. A
-    streamed dataset (`--streaming`) can hold out its first examples only on one process (each process would skip
-    its own first examples, and the others would train on the held-out ones): with more, pass `--validation_split`.
+    the training data: whole files spread over a `--train_data_dir`, the first rows of a map-style dataset, the
+    first shard of a streamed dataset (`--streaming`; see `hold_out_first_shard`). A stream in one shard holds out
+    its first examples with `take` / `skip`, which works on one process only (on more, each process would skip its
+    own first examples and the others would train on the held-out ones): there, pass `--validation_split`.
     """
     if data_args.dataset_name is None and data_args.train_data_dir is None:
         train, validation = embedded_streams(resolution)
@@ -196,10 +208,13 @@ def load_streams(data_args: Any, resolution: int, world_size: int = 1) -> tuple[
         source = f"the {data_args.train_split!r} split has {len(train)} rows"
         check_hold_out(num_validation, source, len(train), hint=" (or pass --validation_split)")
         validation, train = train.select(range(num_validation)), train.select(range(num_validation, len(train)))
+    elif train.n_shards > 1:
+        train, validation = hold_out_first_shard(train, num_validation)
     elif world_size > 1:
         raise ValueError(
-            f"A streamed dataset cannot hold out validation images on {world_size} processes (each would skip its "
-            "own first examples and train on the held-out ones): pass --validation_split, or --no_streaming."
+            f"A streamed dataset in one shard cannot hold out validation images on {world_size} processes (each "
+            "would skip its own first examples and train on the held-out ones): pass --validation_split, or "
+            "--no_streaming."
         )
     else:
         validation, train = train.take(num_validation), train.skip(num_validation)
@@ -437,6 +452,9 @@ def validation_batches(
             break
     if not images:
         raise ValueError("The validation set has no decodable image.")
+    if len(images) < limit:
+        logger.warning("Validating on %d images: the validation set has no more decodable ones (asked: %d).",
+                       len(images), limit)  # fmt: skip
     return [
         processor(images[start : start + batch_size], return_tensors="pt").pixel_values
         for start in range(0, len(images), batch_size)
