@@ -19,6 +19,7 @@ from data import (
     image_folder_stream,
     image_folder_streams,
     load_streams,
+    one_stream_per_shard,
     prefetch,
     random_resized_crop,
     validation_batches,
@@ -283,31 +284,44 @@ def test_a_stream_in_one_shard_holds_out_validation_on_one_process_only(tmp_path
     assert len(list(validation)) == 2 and len(list(train)) == 2
 
 
-def test_a_sharded_stream_holds_out_its_first_shard_on_every_process(tmp_path, caplog):
+def test_a_sharded_stream_holds_out_the_start_of_its_first_shard_on_every_process(tmp_path, caplog):
     import datasets
     from datasets.distributed import split_dataset_by_node
 
-    for shard in range(3):
-        labels = list(range(4 * shard, 4 * shard + 4))
+    for shard in range(4):
+        labels = list(range(3 * shard, 3 * shard + 3))
         images = [PIL.Image.new("RGB", (10, 12), (label * 20, 0, 0)) for label in labels]
         dataset = datasets.Dataset.from_dict({"picture": images, "label": labels})
         dataset.cast_column("picture", datasets.Image()).to_parquet(tmp_path / f"part-{shard}.parquet")
-    data_args = parquet_args(str(tmp_path / "part-*.parquet"), validation_images=3, streaming=True)
+    data_args = parquet_args(str(tmp_path / "part-*.parquet"), validation_images=2, streaming=True)
     train, validation, column = load_streams(data_args, resolution=8, world_size=2)
-    assert [example["label"] for example in validation] == [0, 1, 2]
+    assert [example["label"] for example in validation] == [0, 1]
+    assert train.n_shards == 4  # so that 2 processes still read 2 whole shards each
     per_rank = [
         [example["label"] for example in split_dataset_by_node(train, rank=rank, world_size=2)] for rank in range(2)
     ]
-    assert not set(per_rank[0]) & set(per_rank[1])
-    assert sorted(per_rank[0] + per_rank[1]) == list(range(4, 12))  # the other shards; shard 0 is not trained on
+    # every example but the held-out ones, once, in whole shards: 0 (less 0, 1) and 2 on rank 0, 1 and 3 on rank 1
+    assert per_rank == [[2, 6, 7, 8], [3, 4, 5, 9, 10, 11]]
     # a shard holding fewer images than asked for: validation on what there is, and a warning that says so
-    data_args.validation_images = 6
+    data_args.validation_images = 5
     _, short_validation, _ = load_streams(data_args, resolution=8, world_size=2)
     processor = ViTVQImageProcessor(size={"height": 8, "width": 8})
     with caplog.at_level("WARNING"):
-        batches = validation_batches(short_validation, column, processor, limit=6, batch_size=4)
-    assert sum(len(batch) for batch in batches) == 4
-    assert "Validating on 4 images" in caplog.text and "asked: 6" in caplog.text
+        batches = validation_batches(short_validation, column, processor, limit=5, batch_size=2)
+    assert sum(len(batch) for batch in batches) == 3
+    assert "Validating on 3 images" in caplog.text and "asked: 5" in caplog.text
+
+
+def test_one_stream_per_shard_keeps_the_shard_order():
+    import datasets
+
+    files = [f"file-{index}" for index in range(13)]
+    stream = datasets.IterableDataset.from_generator(
+        lambda files: ({"file": name} for name in files), gen_kwargs={"files": files}
+    )
+    shards = one_stream_per_shard(stream)
+    assert [shard.n_shards for shard in shards] == [1] * 13
+    assert [example["file"] for shard in shards for example in shard] == files
 
 
 def test_webdataset_shards_stream_with_detected_column_and_per_rank_shards(tmp_path):

@@ -155,15 +155,23 @@ def find_image_column(features: Features | None, requested: str | None) -> str:
     return image_columns[0]
 
 
+def one_stream_per_shard(stream: IterableDataset) -> list[IterableDataset]:
+    """The shards (data files) of `stream` as one-shard streams, in order. Split in halves, recursively: each
+    `shard` call copies the whole file list, so taking the n shards one by one would cost O(n^2)."""
+    if stream.n_shards == 1:
+        return [stream]
+    halves = (stream.shard(num_shards=2, index=index, contiguous=True) for index in range(2))
+    return [shard for half in halves for shard in one_stream_per_shard(half)]
+
+
 def hold_out_first_shard(stream: IterableDataset, num_validation: int) -> tuple[IterableDataset, IterableDataset]:
-    """(train, validation) of a stream in two or more shards (data files): validation is the first `num_validation`
-    examples of shard 0 and training the other shards; the rest of shard 0 is not trained on. Whole shards, not
-    `take` / `skip`: every process holds out the same examples (a skip after the per-process split would skip each
-    process's own first examples), and the training stream can still shuffle its shard order."""
-    num_shards = stream.n_shards
-    validation = stream.shard(num_shards=num_shards, index=0).take(num_validation)
-    train = datasets.concatenate_datasets([stream.shard(num_shards=num_shards, index=i) for i in range(1, num_shards)])
-    return train, validation
+    """(train, validation) of a stream in two or more shards: validation is the first `num_validation` examples of
+    shard 0, training everything else in the same n shards (shard 0 less those examples). Every process holds out
+    the same examples (a `skip` of the whole stream would, after the per-process split, skip each process's own
+    first examples), each can still read whole shards of its own, and the shard order can still be shuffled."""
+    first, *others = one_stream_per_shard(stream)
+    train = datasets.concatenate_datasets([first.skip(num_validation), *others])
+    return train, first.take(num_validation)
 
 
 def as_stream(dataset: datasets.Dataset | IterableDataset) -> IterableDataset:
@@ -179,7 +187,8 @@ def load_streams(data_args: Any, resolution: int, world_size: int = 1) -> tuple[
 
     Validation comes from `--validation_split` when given; otherwise `--validation_images` examples are held out of
     the training data: whole files spread over a `--train_data_dir`, the first rows of a map-style dataset, the
-    first shard of a streamed dataset (`--streaming`; see `hold_out_first_shard`). A stream in one shard holds out
+    first examples of the first shard of a streamed dataset (`--streaming`; see `hold_out_first_shard`; with
+    thousands of shards, building its stream takes seconds). A stream in one shard holds out
     its first examples with `take` / `skip`, which works on one process only (on more, each process would skip its
     own first examples and the others would train on the held-out ones): there, pass `--validation_split`.
     """
