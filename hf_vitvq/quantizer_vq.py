@@ -271,7 +271,7 @@ class VectorQuantizer(Quantizer):
         while there are enough, the same on every process. Returns the (K,) bool mask of re-seeded codes.
 
         Runs every training step without reading how many codes are dead (a host sync that would stall a GPU): a step
-        with none re-seeds none."""
+        with none re-seeds none. The price: drawing and, with several processes, broadcasting K rows every step."""
         dead = self.usage.dead_codes(self.dead_code_steps, self.dead_code_threshold)
         self.replace_codes_(dead, rows_for(dead, candidates))
         self.usage.reset_(dead, self.dead_code_threshold)

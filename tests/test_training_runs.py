@@ -103,6 +103,72 @@ def test_non_finite_loss_stops_the_run_after_saving_the_last_good_state(tmp_path
     assert all(torch.isfinite(tensor).all() for tensor in weights.values())
 
 
+@pytest.fixture
+def slow_checkpoint_uploads(monkeypatch, tmp_path):
+    """For a run in `tmp_path / "run"`: each checkpoint commit is held until the next checkpoint exists (at most
+    2 s), so that uploads run behind training. Returns the list that will hold the run's `CheckpointPusher`."""
+    import hub
+    from huggingface_hub import HfApi
+
+    create_commit, init = HfApi.create_commit, hub.CheckpointPusher.__init__
+    pushers: list[hub.CheckpointPusher] = []
+
+    def slow_commit(self, repo_id, operations, commit_message, **kwargs):
+        if step := re.search(r"checkpoint-(\d+) ", commit_message):
+            deadline = time.monotonic() + 2
+            while not (tmp_path / "run" / f"checkpoint-{int(step[1]) + 1}").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return create_commit(self, repo_id, operations=operations, commit_message=commit_message, **kwargs)
+
+    def recording_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        pushers.append(self)
+
+    monkeypatch.setattr(HfApi, "create_commit", slow_commit)
+    monkeypatch.setattr(hub.CheckpointPusher, "__init__", recording_init)
+    return pushers
+
+
+def test_a_checkpoint_is_deleted_only_once_its_upload_is_over(tmp_path, fake_hub, monkeypatch,
+                                                              slow_checkpoint_uploads):  # fmt: skip
+    remove_checkpoints, removed = checkpointing.remove_checkpoints, []
+
+    def checked_remove(paths):
+        assert not set(paths) & set(slow_checkpoint_uploads[0].pending()), "deleted while uploading"
+        removed.extend(path.name for path in paths)
+        remove_checkpoints(paths)
+
+    monkeypatch.setattr(checkpointing, "remove_checkpoints", checked_remove)
+    output_dir = tmp_path / "run"
+    run_in_process([*QUICK_RUN, "--output_dir", str(output_dir), "--max_train_steps", "4", "--checkpointing_steps",
+                    "1", "--checkpoints_total_limit", "1", "--validation_steps", "100", "--push_to_hub",
+                    "--hub_model_id", "org/slow-run", "--hub_push_checkpoints"])  # fmt: skip
+    assert removed == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-4"]
+    in_repo = {name.split("/")[1] for name in fake_hub.repos["org/slow-run"] if name.startswith("checkpoints/")}
+    assert in_repo == {"checkpoint-4"}  # the repo ends as the disk, though pruning lagged behind the saves
+
+
+def test_the_step_saved_again_at_a_non_finite_loss_waits_for_its_upload(tmp_path, fake_hub, monkeypatch,
+                                                                        slow_checkpoint_uploads):  # fmt: skip
+    publish = checkpointing.publish
+
+    def checked_publish(output_dir, step):
+        final = output_dir / f"checkpoint-{step}"
+        assert final not in slow_checkpoint_uploads[0].pending(), "re-saving a checkpoint while uploading it"
+        return publish(output_dir, step)
+
+    monkeypatch.setattr(checkpointing, "publish", checked_publish)
+    output_dir = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match=r"the last good state \(step [1-9]"):  # not step 0: re-saved
+        run_in_process([*QUICK_RUN, "--output_dir", str(output_dir), "--max_train_steps", "20", "--learning_rate",
+                        "1e30", "--lr_warmup_steps", "0", "--checkpointing_steps", "1", "--push_to_hub",
+                        "--hub_model_id", "org/nan-run", "--hub_push_checkpoints"])  # fmt: skip
+    last_good = max(checkpointing.checkpoint_dirs(output_dir), key=checkpointing.checkpoint_step)
+    pushed = fake_hub.repos["org/nan-run"][f"checkpoints/{last_good.name}/model.safetensors"]
+    assert pushed == (last_good / "model.safetensors").read_bytes()  # the last good state, as saved the second time
+
+
 def test_resume_with_another_number_of_processes_is_refused(tmp_path):
     output_dir = tmp_path / "run"
     common = [*QUICK_RUN, "--output_dir", str(output_dir), "--checkpointing_steps", "2", "--validation_steps", "100"]
@@ -126,21 +192,22 @@ def test_push_to_hub_sends_final_model_and_checkpoints_and_skips_bad_samples(tmp
                  "reconstructions.png", "checkpoints/checkpoint-4/model.safetensors",
                  "checkpoints/checkpoint-4/optimizer.bin"):  # fmt: skip
         assert name in files, name
-    # the Hub keeps the checkpoints the output folder keeps: checkpoint-2 was deleted in checkpoint-4's commit
+    # the Hub keeps the checkpoints the output folder keeps: checkpoint-2 was deleted there too (in checkpoint-4's
+    # commit, or in a deletion commit at the end if its upload was still running when checkpoint-4 was saved)
     assert not any(name.startswith("checkpoints/checkpoint-2/") for name in files)
     assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-4"]
-    checkpoint_commits = [commit for commit in fake_hub.commits if "checkpoints/" in commit.message]
-    assert "checkpoints/checkpoint-2/model.safetensors" in checkpoint_commits[0].added  # uploaded before pruned
-    assert [commit.deleted for commit in checkpoint_commits] == [[], ["checkpoints/checkpoint-2/"]]
-    assert files["model.safetensors"] == (output_dir / "final" / "model.safetensors").read_bytes()
-    card = files["README.md"].decode()
-    assert "library_name: transformers" in card and "| steps | 4 |" in card and str(data_dir) in card
-    assert json.loads(files["config.json"])["model_type"] == "vitvq"
-    assert [commit.message for commit in fake_hub.commits if commit.repo_id == "org/tiny-tokenizer"] == [
+    commits = [commit for commit in fake_hub.commits if commit.repo_id == "org/tiny-tokenizer"]
+    assert [commit.message for commit in commits if commit.message.startswith("Upload")] == [
         "Upload checkpoints/checkpoint-2 from hf-vitvq training",
         "Upload checkpoints/checkpoint-4 from hf-vitvq training",
         "Upload final from hf-vitvq training",
     ]
+    assert "checkpoints/checkpoint-2/model.safetensors" in commits[0].added
+    assert [path for commit in commits[:-1] for path in commit.deleted] == ["checkpoints/checkpoint-2/"]
+    assert files["model.safetensors"] == (output_dir / "final" / "model.safetensors").read_bytes()
+    card = files["README.md"].decode()
+    assert "library_name: transformers" in card and "| steps | 4 |" in card and str(data_dir) in card
+    assert json.loads(files["config.json"])["model_type"] == "vitvq"
     log = (output_dir / "train_log.jsonl").read_text()
     assert '"step": 4' in log
     # every pass over the 13 training files meets the 3 bad ones: skipped, counted, reported, never fatal

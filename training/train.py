@@ -232,18 +232,26 @@ class Trainer:
         accelerator.wait_for_everyone()
         final = tmp.with_name(f"checkpoint-{step}")
         if accelerator.is_main_process:
+            pusher = self.checkpoint_pusher
+            if pusher is not None:  # re-saving a step (a non-finite loss right after a checkpoint): upload over first
+                pusher.wait([final])
             final = checkpointing.publish(self.output_dir, step)
-            surplus = checkpointing.surplus_checkpoints(self.output_dir, self.args.checkpoints_total_limit)
-            if self.checkpoint_pusher is not None:
-                self.checkpoint_pusher.wait(surplus)  # their uploads read the files
-            checkpointing.remove_checkpoints(surplus)
-            for removed in surplus:
-                logger.info(f"Removed old checkpoint {removed}")
+            self.prune_checkpoints()
             logger.info(f"Saved {final}")
-            if self.checkpoint_pusher is not None:
-                self.checkpoint_pusher.push(final, pruned=[path.name for path in surplus])
+            if pusher is not None:
+                pusher.push(final, keep=[path.name for path in checkpointing.checkpoint_dirs(self.output_dir)])
         accelerator.wait_for_everyone()
         return final
+
+    def prune_checkpoints(self) -> None:
+        """Delete the oldest checkpoints beyond `--checkpoints_total_limit` (main process), except those an upload is
+        reading: a later call deletes them, so that no process ever waits on the network here."""
+        surplus = checkpointing.surplus_checkpoints(self.output_dir, self.args.checkpoints_total_limit)
+        if self.checkpoint_pusher is not None:
+            surplus = self.checkpoint_pusher.removable(surplus)
+        checkpointing.remove_checkpoints(surplus)
+        for removed in surplus:
+            logger.info(f"Removed old checkpoint {removed}")
 
     def resume(self) -> None:
         """Load `--resume_from_checkpoint` (a path, or `latest` in `output_dir`)."""
@@ -427,13 +435,23 @@ class Trainer:
             self.accelerator.log({"train/skipped_samples": total}, step=self.progress.global_step)
 
     def finish_pushes(self) -> None:
-        """Wait for the checkpoint uploads still under way; name those that failed."""
-        if self.checkpoint_pusher is None:
+        """Wait for the checkpoint uploads still under way (main process), delete the checkpoints kept for them, and
+        name those that failed. Later calls do nothing."""
+        pusher, self.checkpoint_pusher = self.checkpoint_pusher, None
+        if pusher is None:
             return
-        self.checkpoint_pusher.wait()
-        if self.checkpoint_pusher.failed:
-            names = ", ".join(path.name for path in self.checkpoint_pusher.failed)
-            logger.warning(f"These checkpoints were not pushed to the Hub (they are on disk): {names}")
+        if pending := pusher.pending():
+            logger.info(f"Waiting for {len(pending)} checkpoint upload(s) to the Hub to finish")
+        pusher.wait()
+        self.prune_checkpoints()
+        # the checkpoints just deleted on disk may still be in the repo
+        deletion = pusher.prune(keep=[path.name for path in checkpointing.checkpoint_dirs(self.output_dir)])
+        deletion.exception()  # waits for it; a failure is logged
+        if pusher.failed:
+            names = ", ".join(
+                f"{path.name} ({'on disk' if path.is_dir() else 'deleted since'})" for path in pusher.failed
+            )
+            logger.warning(f"These checkpoints were not pushed to the Hub: {names}")
 
     def export(self, metrics: dict[str, float]) -> Path:
         """Save `final/` (EMA weights when enabled, with `final_raw/` beside it), reload it with `AutoModel`,
@@ -463,8 +481,7 @@ class Trainer:
         originals = self.processor.postprocess(pixel_values, output_type="pil")
         comparison_grid(originals, reconstructions).save(final / "reconstructions.png")
         if self.args.push_to_hub:
-            if self.checkpoint_pusher is not None:
-                self.checkpoint_pusher.wait()  # the final model's commit comes after the checkpoints'
+            self.finish_pushes()  # the final model's commit comes after the checkpoints'
             from hub import push_folder
 
             url = push_folder(final, self.args.hub_model_id, None, self.args.hub_token)
