@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import checkpointing
@@ -19,9 +22,9 @@ from data import (
     image_folder_stream,
     image_folder_streams,
     load_streams,
-    one_stream_per_shard,
     prefetch,
     random_resized_crop,
+    split_off_first_shard,
     validation_batches,
 )
 from losses import LossWeights, TokenizerLoss
@@ -312,16 +315,45 @@ def test_a_sharded_stream_holds_out_the_start_of_its_first_shard_on_every_proces
     assert "Validating on 3 images" in caplog.text and "asked: 5" in caplog.text
 
 
-def test_one_stream_per_shard_keeps_the_shard_order():
+def test_splitting_off_the_first_shard_keeps_the_shard_order_in_few_streams():
     import datasets
 
     files = [f"file-{index}" for index in range(13)]
     stream = datasets.IterableDataset.from_generator(
         lambda files: ({"file": name} for name in files), gen_kwargs={"files": files}
     )
-    shards = one_stream_per_shard(stream)
-    assert [shard.n_shards for shard in shards] == [1] * 13
-    assert [example["file"] for shard in shards for example in shard] == files
+    first, others = split_off_first_shard(stream)
+    assert first.n_shards == 1 and sum(other.n_shards for other in others) == 12
+    assert len(others) == 4  # one stream per halving (13 -> 7 -> 4 -> 2 -> 1), not one per shard
+    assert [example["file"] for part in (first, *others) for example in part] == files
+
+
+def test_holding_out_the_first_of_a_thousand_shards_opens_few_files(tmp_path):
+    """Each IterableDataset holds a file descriptor once torch is imported: under a limit of 256 open files, one
+    stream per shard fails at a thousand shards."""
+    script = tmp_path / "hold_out.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import resource, sys
+            import datasets, torch  # noqa: F401
+            sys.path.insert(0, {str(TRAINING_DIR)!r})
+            from data import hold_out_first_shard
+
+            resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+            stream = datasets.IterableDataset.from_generator(
+                lambda files: ({{"file": name}} for name in files),
+                features=datasets.Features({{"file": datasets.Value("int64")}}),
+                gen_kwargs={{"files": list(range(1000))}},
+            )
+            train, validation = hold_out_first_shard(stream, 1)
+            print(train.n_shards, [example["file"] for example in validation])
+            """
+        )
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["1000", "[0]"]
 
 
 def test_webdataset_shards_stream_with_detected_column_and_per_rank_shards(tmp_path):

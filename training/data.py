@@ -155,13 +155,16 @@ def find_image_column(features: Features | None, requested: str | None) -> str:
     return image_columns[0]
 
 
-def one_stream_per_shard(stream: IterableDataset) -> list[IterableDataset]:
-    """The shards (data files) of `stream` as one-shard streams, in order. Split in halves, recursively: each
-    `shard` call copies the whole file list, so taking the n shards one by one would cost O(n^2)."""
-    if stream.n_shards == 1:
-        return [stream]
-    halves = (stream.shard(num_shards=2, index=index, contiguous=True) for index in range(2))
-    return [shard for half in halves for shard in one_stream_per_shard(half)]
+def split_off_first_shard(stream: IterableDataset) -> tuple[IterableDataset, list[IterableDataset]]:
+    """(shard 0, the other shards) of a stream in n >= 2 shards, the others in O(log n) streams of consecutive
+    shards, in order. Walks down the left halves: each `shard` call copies its stream's file list, so this costs
+    O(n), and it holds O(log n) streams (each `IterableDataset` keeps a file descriptor open once torch is imported:
+    one stream per shard would exhaust the usual limit of 1024 from about a thousand shards on)."""
+    later_halves = []
+    while stream.n_shards > 1:
+        stream, later = (stream.shard(num_shards=2, index=index, contiguous=True) for index in range(2))
+        later_halves.append(later)
+    return stream, later_halves[::-1]
 
 
 def hold_out_first_shard(stream: IterableDataset, num_validation: int) -> tuple[IterableDataset, IterableDataset]:
@@ -169,7 +172,7 @@ def hold_out_first_shard(stream: IterableDataset, num_validation: int) -> tuple[
     shard 0, training everything else in the same n shards (shard 0 less those examples). Every process holds out
     the same examples (a `skip` of the whole stream would, after the per-process split, skip each process's own
     first examples), each can still read whole shards of its own, and the shard order can still be shuffled."""
-    first, *others = one_stream_per_shard(stream)
+    first, others = split_off_first_shard(stream)
     train = datasets.concatenate_datasets([first.skip(num_validation), *others])
     return train, first.take(num_validation)
 
@@ -187,10 +190,10 @@ def load_streams(data_args: Any, resolution: int, world_size: int = 1) -> tuple[
 
     Validation comes from `--validation_split` when given; otherwise `--validation_images` examples are held out of
     the training data: whole files spread over a `--train_data_dir`, the first rows of a map-style dataset, the
-    first examples of the first shard of a streamed dataset (`--streaming`; see `hold_out_first_shard`; with
-    thousands of shards, building its stream takes seconds). A stream in one shard holds out
-    its first examples with `take` / `skip`, which works on one process only (on more, each process would skip its
-    own first examples and the others would train on the held-out ones): there, pass `--validation_split`.
+    first examples of the first shard of a streamed dataset (`--streaming`; see `hold_out_first_shard`). A stream in
+    one shard holds out its first examples with `take` / `skip`, which works on one process only (on more, each
+    process would skip its own first examples and the others would train on the held-out ones): there, pass
+    `--validation_split`.
     """
     if data_args.dataset_name is None and data_args.train_data_dir is None:
         train, validation = embedded_streams(resolution)
@@ -396,7 +399,11 @@ class TrainingImageStream:
                 name = example.get("name") or example.get("__key__") or index  # webdataset samples have keys
                 yield example[self.image_column], str(name), epoch, index
             if not produced and self.position.examples_in_epoch == 0:
-                raise ValueError(f"The training stream of process {self.rank} is empty: no examples to train on.")
+                raise ValueError(
+                    f"The training stream of process {self.rank} is empty: its shards hold no examples. Where "
+                    "validation images are held out of the first shard, that shard trains only on what lies beyond "
+                    "them: pass --validation_split or fewer --validation_images, or run on fewer processes."
+                )
             self.position.epoch += 1
             self.position.examples_in_epoch = 0
 
