@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,49 +26,31 @@ def checkpoints_in_repo(fake_hub, repo_id: str) -> list[str]:
     return sorted(name for name in fake_hub.repos[repo_id] if name.startswith("checkpoints/"))
 
 
+@dataclass
+class Gate:
+    """Holds every commit until opened: `entered` is set once a commit is held (its upload has started)."""
+
+    open: threading.Event
+    entered: threading.Event
+
+
 @pytest.fixture
-def gated_commits(monkeypatch):
-    """Hold every `create_commit` until the returned event is set (a slow network)."""
-    gate = threading.Event()
+def gated_commits(monkeypatch) -> Gate:
+    """Hold every `create_commit` until the gate opens (a slow network)."""
+    gate = Gate(threading.Event(), threading.Event())
     create_commit = HfApi.create_commit
 
     def held(self, *args, **kwargs):
-        assert gate.wait(timeout=60), "the test never opened the gate"
+        gate.entered.set()
+        assert gate.open.wait(timeout=60), "the test never opened the gate"
         return create_commit(self, *args, **kwargs)
 
     monkeypatch.setattr(HfApi, "create_commit", held)
     return gate
 
 
-def test_push_returns_at_once_and_its_folder_is_not_removable_until_uploaded(tmp_path, fake_hub, gated_commits):
-    pusher = CheckpointPusher("org/run", token=None)
-    first, second = make_checkpoint(tmp_path, 2), make_checkpoint(tmp_path, 4)
-    future = pusher.push(first, keep=[first.name])
-    assert not future.done()  # training goes on while the network is slow
-    assert pusher.pending() == [first]
-    assert pusher.removable([first, second]) == [second]  # the upload still has to read `first`
-    pusher.wait([second])  # not queued: nothing to wait for
-    assert not future.done()
-    gated_commits.set()
-    pusher.wait([first])
-    assert pusher.pending() == [] and pusher.removable([first]) == [first]
-    files = fake_hub.repos["org/run"]
-    assert files["checkpoints/checkpoint-2/model.safetensors"] == b"weights 2"
-    assert files["checkpoints/checkpoint-2/nested/state.json"] == b'{"step": 2}'
-    assert pusher.failed == []
-
-
-def test_pushes_commit_in_order_and_the_repo_converges_to_the_checkpoints_on_disk(tmp_path, fake_hub, monkeypatch):
-    api = HfApi()
-    api.create_repo("org/run")
-    stale = make_checkpoint(tmp_path / "previous-run", 1)  # left in the repo by an earlier run
-    api.upload_folder(repo_id="org/run", folder_path=stale, path_in_repo="checkpoints/checkpoint-1")
-    pusher = CheckpointPusher("org/run", token=None)
-    pusher.push(make_checkpoint(tmp_path, 2), keep=["checkpoint-2"]).result()
-    assert checkpoints_in_repo(fake_hub, "org/run") == [
-        "checkpoints/checkpoint-2/model.safetensors",
-        "checkpoints/checkpoint-2/nested/state.json",
-    ]
+def failing_once(monkeypatch) -> None:
+    """The next `create_commit` raises a ConnectionError; the later ones go through."""
     create_commit = HfApi.create_commit
     failures = iter([ConnectionError("network down")])
 
@@ -76,9 +60,47 @@ def test_pushes_commit_in_order_and_the_repo_converges_to_the_checkpoints_on_dis
         return create_commit(self, *args, **kwargs)
 
     monkeypatch.setattr(HfApi, "create_commit", fails_once)
-    pusher.push(make_checkpoint(tmp_path, 4), keep=["checkpoint-4"])  # checkpoint-2 pruned on disk; commit fails
-    pusher.push(make_checkpoint(tmp_path, 6), keep=["checkpoint-6"])  # checkpoint-4 pruned on disk too
-    pusher.wait()
+
+
+def upload_previous_run_checkpoint(tmp_path: Path, repo_id: str) -> None:
+    """`checkpoints/checkpoint-1` in the repo, left by an earlier run in another folder."""
+    api = HfApi()
+    api.create_repo(repo_id)
+    stale = make_checkpoint(tmp_path / "previous-run", 1)
+    api.upload_folder(repo_id=repo_id, folder_path=stale, path_in_repo="checkpoints/checkpoint-1")
+
+
+def test_push_returns_at_once_and_its_folder_is_not_removable_until_uploaded(tmp_path, fake_hub, gated_commits):
+    pusher = CheckpointPusher("org/run", token=None, output_dir=tmp_path)
+    first, second = make_checkpoint(tmp_path, 2), make_checkpoint(tmp_path, 4)
+    future = pusher.push(first)
+    assert not future.done()  # training goes on while the network is slow
+    assert pusher.pending() == [first]
+    assert pusher.removable([first, second]) == [second]  # the upload still has to read `first`
+    pusher.wait([second])  # not queued: nothing to wait for
+    assert not future.done()
+    gated_commits.open.set()
+    pusher.wait([first])
+    assert pusher.pending() == [] and pusher.removable([first]) == [first]
+    files = fake_hub.repos["org/run"]
+    assert files["checkpoints/checkpoint-2/model.safetensors"] == b"weights 2"
+    assert files["checkpoints/checkpoint-2/nested/state.json"] == b'{"step": 2}'
+    assert pusher.failed == []
+
+
+def test_with_a_limit_the_repo_converges_to_the_checkpoints_on_disk(tmp_path, fake_hub, monkeypatch):
+    upload_previous_run_checkpoint(tmp_path, "org/run")
+    pusher = CheckpointPusher("org/run", token=None, output_dir=tmp_path, keep_last=1)
+    pusher.push(make_checkpoint(tmp_path, 2)).result()
+    assert checkpoints_in_repo(fake_hub, "org/run") == [
+        "checkpoints/checkpoint-2/model.safetensors",
+        "checkpoints/checkpoint-2/nested/state.json",
+    ]
+    failing_once(monkeypatch)
+    shutil.rmtree(tmp_path / "checkpoint-2")  # pruned on disk, as training does
+    assert pusher.push(make_checkpoint(tmp_path, 4)).exception() is not None  # the commit fails
+    shutil.rmtree(tmp_path / "checkpoint-4")
+    pusher.push(make_checkpoint(tmp_path, 6)).result()
     assert pusher.failed == [tmp_path / "checkpoint-4"]
     # the lost commit's deletion is made by the next one: the repo holds what the disk holds
     assert checkpoints_in_repo(fake_hub, "org/run") == [
@@ -90,21 +112,48 @@ def test_pushes_commit_in_order_and_the_repo_converges_to_the_checkpoints_on_dis
         f"Upload checkpoints/checkpoint-{step} from hf-vitvq training" for step in (2, 6)
     ]
     assert [commit.deleted for commit in commits[1:]] == [["checkpoints/checkpoint-1/"], ["checkpoints/checkpoint-2/"]]
-    assert pusher.prune(keep=["checkpoint-6"]).result() is None  # nothing left to delete: no empty commit
-    pusher.prune(keep=[]).result()
+    assert pusher.prune().result() is None  # nothing left to delete: no empty commit
+    shutil.rmtree(tmp_path / "checkpoint-6")
+    pusher.prune().result()
     assert checkpoints_in_repo(fake_hub, "org/run") == []
 
 
+def test_without_a_limit_nothing_is_deleted_from_the_repo(tmp_path, fake_hub):
+    upload_previous_run_checkpoint(tmp_path, "org/run")  # e.g. the checkpoint this run resumed from
+    pusher = CheckpointPusher("org/run", token=None, output_dir=tmp_path)
+    pusher.push(make_checkpoint(tmp_path, 2)).result()
+    assert pusher.prune().result() is None
+    assert {name.split("/")[1] for name in checkpoints_in_repo(fake_hub, "org/run")} == {"checkpoint-1", "checkpoint-2"}
+
+
+def test_an_upload_superseded_while_queued_is_skipped_and_its_folder_removable(tmp_path, fake_hub, gated_commits,
+                                                                              caplog):  # fmt: skip
+    pusher = CheckpointPusher("org/run", token=None, output_dir=tmp_path, keep_last=1)
+    uploading = make_checkpoint(tmp_path, 2)
+    pusher.push(uploading)
+    assert gated_commits.entered.wait(timeout=60)  # its upload is running, held by the slow network
+    superseded, newest = make_checkpoint(tmp_path, 4), make_checkpoint(tmp_path, 6)
+    skipped, uploaded = pusher.push(superseded), pusher.push(newest)
+    # checkpoint-4 will not be read: one newer checkpoint (the limit) is queued behind it, whose commit deletes it
+    assert pusher.removable([uploading, superseded, newest]) == [superseded]
+    shutil.rmtree(superseded)  # as training's pruning does
+    with caplog.at_level(logging.INFO, logger="hub"):
+        gated_commits.open.set()
+        pusher.wait()
+    assert skipped.result() is None and uploaded.result() is not None and pusher.failed == []
+    assert "Skipped pushing" in caplog.text
+    commits = [commit.message for commit in fake_hub.commits if commit.message.startswith("Upload")]
+    assert commits == [f"Upload checkpoints/checkpoint-{step} from hf-vitvq training" for step in (2, 6)]
+
+
 def test_a_failed_push_is_logged_and_listed_not_raised(tmp_path, fake_hub, monkeypatch, caplog):
-    pusher = CheckpointPusher("org/run", token=None)
-
-    def refuse(self, *args, **kwargs):
-        raise ConnectionError("network down")
-
-    monkeypatch.setattr(HfApi, "create_commit", refuse)
+    pusher = CheckpointPusher("org/run", token=None, output_dir=tmp_path)
+    failing_once(monkeypatch)
     folder = make_checkpoint(tmp_path, 2)
     with caplog.at_level(logging.INFO, logger="hub"):
-        pusher.push(folder, keep=[folder.name])
+        pusher.push(folder)
         pusher.wait()
     assert pusher.failed == [folder]
     assert "Pushing" in caplog.text and "network down" in caplog.text and "not retried" in caplog.text
+    pusher.push(folder).result()  # the same step pushed again (saved again after a non-finite loss): through
+    assert pusher.failed == []

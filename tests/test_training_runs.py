@@ -167,6 +167,32 @@ def test_the_step_saved_again_at_a_non_finite_loss_waits_for_its_upload(tmp_path
     last_good = max(checkpointing.checkpoint_dirs(output_dir), key=checkpointing.checkpoint_step)
     pushed = fake_hub.repos["org/nan-run"][f"checkpoints/{last_good.name}/model.safetensors"]
     assert pushed == (last_good / "model.safetensors").read_bytes()  # the last good state, as saved the second time
+    uploads = [commit.message for commit in fake_hub.commits if commit.message.startswith("Upload checkpoints/")]
+    assert uploads.count(f"Upload checkpoints/{last_good.name} from hf-vitvq training") == 2  # pushed again
+
+
+def test_uploads_slower_than_checkpointing_skip_the_superseded_checkpoints(tmp_path, fake_hub, monkeypatch):
+    from huggingface_hub import HfApi
+
+    create_commit, output_dir, on_disk = HfApi.create_commit, tmp_path / "run", []
+
+    def first_commit_held_to_the_end(self, *args, **kwargs):  # a network far slower than training
+        deadline = time.monotonic() + 30
+        while not (output_dir / "checkpoint-12").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        on_disk.append(len(checkpointing.checkpoint_dirs(output_dir)))
+        return create_commit(self, *args, **kwargs)
+
+    monkeypatch.setattr(HfApi, "create_commit", first_commit_held_to_the_end)
+    run_in_process([*QUICK_RUN, "--output_dir", str(output_dir), "--max_train_steps", "12", "--checkpointing_steps",
+                    "1", "--checkpoints_total_limit", "1", "--validation_steps", "100", "--push_to_hub",
+                    "--hub_model_id", "org/slow-network", "--hub_push_checkpoints"])  # fmt: skip
+    uploads = [commit.message for commit in fake_hub.commits if commit.message.startswith("Upload checkpoints/")]
+    # checkpoints 2-11 were queued behind the upload of checkpoint-1, each with a newer one behind it: skipped
+    assert uploads == [f"Upload checkpoints/checkpoint-{step} from hf-vitvq training" for step in (1, 12)]
+    assert max(on_disk) <= 3  # the one uploading, the newest queued and the one just saved: not the backlog
+    in_repo = {name.split("/")[1] for name in fake_hub.repos["org/slow-network"] if name.startswith("checkpoints/")}
+    assert in_repo == {"checkpoint-12"}
 
 
 def test_resume_with_another_number_of_processes_is_refused(tmp_path):

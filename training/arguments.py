@@ -92,8 +92,9 @@ class TrainingArguments:
     hub_push_checkpoints: bool = field(
         default=False,
         metadata={
-            "help": "Also push each checkpoint, in the background, to checkpoints/ in the repo; the repo keeps "
-            "the checkpoints --checkpoints_total_limit keeps."
+            "help": "Also push each checkpoint, in the background, to checkpoints/ in the repo; with "
+            "--checkpoints_total_limit the repo's checkpoints/ follows output_dir's (and uploads superseded while "
+            "queued are skipped), without it nothing is deleted from the repo."
         },
     )
 

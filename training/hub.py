@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_for_futures
 from pathlib import Path
 
+from checkpointing import checkpoint_dirs
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
 logger = logging.getLogger(__name__)
@@ -30,70 +32,102 @@ def push_folder(folder: Path, repo_id: str, path_in_repo: str | None, token: str
 
 
 class CheckpointPusher:
-    """Uploads checkpoint folders to `checkpoints/NAME` in a Hub repo in the background, so that training never waits
-    on the network: one commit per checkpoint, one at a time, in order (huggingface_hub's `run_as_future` queue).
+    """Uploads the checkpoint folders of `output_dir` to `checkpoints/NAME` in a Hub repo in the background, so that
+    training never waits on the network: one commit per checkpoint, one at a time, in order (huggingface_hub's
+    `run_as_future` queue).
 
-    Each commit also deletes the repo's checkpoints that are no longer on disk, so the repo converges to the
-    checkpoints `--checkpoints_total_limit` keeps, even after a failed commit or a restart. A failed upload is logged
-    and listed in `failed`, and not retried: the next checkpoint's push supersedes it. An upload reads its folder
-    while it runs: delete only the folders `removable` returns.
+    With `keep_last` (`--checkpoints_total_limit`), the repo's `checkpoints/` follows `output_dir`: each commit also
+    deletes the repo's checkpoints no longer on disk (those of other runs included), so the repo converges to the
+    checkpoints kept on disk even after a failed commit or a restart; and a queued upload with `keep_last` newer ones
+    queued behind it is skipped, since their commits would delete it: with uploads slower than checkpointing, the
+    queue and the disk stay bounded. Without `keep_last`, nothing is ever deleted. A failed upload is logged and
+    listed in `failed`, and not retried: the next checkpoint's push supersedes it. An upload reads its folder while it
+    runs: delete only the folders `removable` returns.
     """
 
-    def __init__(self, repo_id: str, token: str | None) -> None:
+    def __init__(self, repo_id: str, token: str | None, output_dir: str | Path, keep_last: int | None = None) -> None:
         self.repo_id = repo_id
         self.api = HfApi(token=token)
         self.api.create_repo(repo_id, exist_ok=True)  # here, not in the background: a bad token or id fails at once
+        self.output_dir = Path(output_dir)
+        self.keep_last = keep_last
         self.uploads: dict[Path, Future] = {}
         self.failed: list[Path] = []
+        self._queued: list[Path] = []  # pushed, upload not started, in push order
+        self._lock = threading.Lock()  # guards `_queued` between the training and the upload thread
 
-    def push(self, folder: Path, keep: Iterable[str]) -> Future:
-        """Queue the upload of the checkpoint `folder`, and the deletion of the repo's checkpoints not named in `keep`
-        (the checkpoints on disk); returns at once with the upload's future."""
-        future = self.api.run_as_future(self._push, folder, {*keep, folder.name})
+    def push(self, folder: Path) -> Future:
+        """Queue the upload of the checkpoint `folder`; returns at once with the upload's future (its result: the
+        commit URL, or None when the upload was skipped)."""
+        with self._lock:
+            self._queued.append(folder)
+        future = self.api.run_as_future(self._upload, folder)
         self.uploads[folder] = future
         return future
 
-    def prune(self, keep: Iterable[str]) -> Future:
-        """Queue the deletion of the repo's checkpoints not named in `keep` (no commit when there are none)."""
-        return self.api.run_as_future(self._push, None, set(keep))
+    def prune(self) -> Future:
+        """Queue the deletion of the repo's checkpoints no longer on disk (with `keep_last`; no commit when there are
+        none)."""
+        return self.api.run_as_future(self._commit_logged, None)
 
     def pending(self) -> list[Path]:
         """The folders whose upload is queued or running."""
         return [folder for folder, future in self.uploads.items() if not future.done()]
 
     def removable(self, folders: Iterable[Path]) -> list[Path]:
-        """Those of `folders` that no upload is reading (or about to read)."""
-        busy = set(self.pending())
+        """Those of `folders` that no upload is reading or will read (a queued upload that will be skipped does not)."""
+        with self._lock:
+            busy = {folder for folder in self.pending() if folder not in self._queued or not self._superseded(folder)}
         return [folder for folder in folders if folder not in busy]
 
     def wait(self, folders: Iterable[Path] | None = None) -> None:
-        """Block until the uploads of `folders` (default: all) are over, successful or not."""
+        """Block until the uploads of `folders` (default: all) are over, successful, skipped or not."""
         wanted = self.uploads.keys() if folders is None else [f for f in folders if f in self.uploads]
         wait_for_futures([self.uploads[folder] for folder in wanted])
 
-    def _push(self, folder: Path | None, keep: set[str]) -> str | None:
+    def _superseded(self, folder: Path) -> bool:
+        """Whether `keep_last` newer uploads are queued behind the queued `folder` (call with the lock held)."""
+        return self.keep_last is not None and len(self._queued) - 1 - self._queued.index(folder) >= self.keep_last
+
+    def _upload(self, folder: Path) -> str | None:
+        """Upload `folder`, unless it is superseded. Runs in the upload thread."""
+        with self._lock:
+            superseded = self._superseded(folder)
+            self._queued.remove(folder)
+        if superseded:
+            logger.info(f"Skipped pushing {folder} to the Hub: {self.keep_last} newer checkpoint(s) are queued")
+            return None
+        return self._commit_logged(folder)
+
+    def _commit_logged(self, folder: Path | None) -> str | None:
         """Commit, and log the outcome before the future is done. Runs in the upload thread."""
         what = folder or "the deletion of pruned checkpoints"
         try:
-            url = self._commit(folder, keep)
+            url = self._commit(folder)
         except Exception as error:
             if folder is not None:
                 self.failed.append(folder)
             logger.error(f"Pushing {what} to the Hub failed, not retried (later checkpoints will be): {error!r}")
             raise
+        if folder in self.failed:  # pushed again (a step saved again) and through this time
+            self.failed.remove(folder)
         if url is not None:
             logger.info(f"Pushed {what} to {url}")
         return url
 
-    def _commit(self, folder: Path | None, keep: set[str]) -> str | None:
-        """One commit: add every file of `folder` (if any) under `checkpoints/NAME`, delete the repo's checkpoint
-        folders not in `keep`; returns the commit URL, or None when there was nothing to commit."""
+    def _commit(self, folder: Path | None) -> str | None:
+        """One commit: add every file of `folder` (if any) under `checkpoints/NAME`; with `keep_last`, delete the
+        repo's checkpoint folders not on disk; returns the commit URL, or None when there was nothing to commit."""
         prefix = f"{CHECKPOINTS_IN_REPO}/"
-        in_repo = {path[len(prefix) :].split("/")[0] for path in self.api.list_repo_files(self.repo_id)
-                   if path.startswith(prefix) and "/" in path[len(prefix) :]}  # fmt: skip
-        deletions = [
-            CommitOperationDelete(path_in_repo=f"{prefix}{name}/", is_folder=True) for name in sorted(in_repo - keep)
-        ]
+        deletions = []
+        if self.keep_last is not None:
+            keep = {path.name for path in checkpoint_dirs(self.output_dir)} | ({folder.name} if folder else set())
+            in_repo = {path[len(prefix) :].split("/")[0] for path in self.api.list_repo_files(self.repo_id)
+                       if path.startswith(prefix) and "/" in path[len(prefix) :]}  # fmt: skip
+            deletions = [
+                CommitOperationDelete(path_in_repo=f"{prefix}{name}/", is_folder=True)
+                for name in sorted(in_repo - keep)
+            ]
         additions = [
             CommitOperationAdd(
                 path_in_repo=f"{prefix}{folder.name}/{path.relative_to(folder).as_posix()}", path_or_fileobj=path

@@ -211,7 +211,9 @@ class Trainer:
         if args.push_to_hub and args.hub_push_checkpoints and self.accelerator.is_main_process:
             from hub import CheckpointPusher
 
-            self.checkpoint_pusher = CheckpointPusher(args.hub_model_id, args.hub_token)
+            self.checkpoint_pusher = CheckpointPusher(
+                args.hub_model_id, args.hub_token, self.output_dir, keep_last=args.checkpoints_total_limit
+            )
 
     def quantizer_state(self) -> dict[str, torch.Tensor]:
         """A copy of the quantizer's state (codebook, EMA and usage statistics), which its forward changes: kept
@@ -239,7 +241,7 @@ class Trainer:
             self.prune_checkpoints()
             logger.info(f"Saved {final}")
             if pusher is not None:
-                pusher.push(final, keep=[path.name for path in checkpointing.checkpoint_dirs(self.output_dir)])
+                pusher.push(final)
         accelerator.wait_for_everyone()
         return final
 
@@ -445,8 +447,7 @@ class Trainer:
         pusher.wait()
         self.prune_checkpoints()
         # the checkpoints just deleted on disk may still be in the repo
-        deletion = pusher.prune(keep=[path.name for path in checkpointing.checkpoint_dirs(self.output_dir)])
-        deletion.exception()  # waits for it; a failure is logged
+        pusher.prune().exception()  # waits for it; a failure is logged
         if pusher.failed:
             names = ", ".join(
                 f"{path.name} ({'on disk' if path.is_dir() else 'deleted since'})" for path in pusher.failed
