@@ -17,6 +17,7 @@ import torch
 from arguments import parse_args
 from data import (
     TrainingImageStream,
+    consecutive_parts,
     decode_image,
     find_image_column,
     image_folder_stream,
@@ -24,7 +25,6 @@ from data import (
     load_streams,
     prefetch,
     random_resized_crop,
-    split_off_first_shard,
     validation_batches,
 )
 from losses import LossWeights, TokenizerLoss
@@ -315,17 +315,17 @@ def test_a_sharded_stream_holds_out_the_start_of_its_first_shard_on_every_proces
     assert "Validating on 3 images" in caplog.text and "asked: 5" in caplog.text
 
 
-def test_splitting_off_the_first_shard_keeps_the_shard_order_in_few_streams():
+def test_consecutive_parts_keep_the_shard_order():
     import datasets
 
     files = [f"file-{index}" for index in range(13)]
     stream = datasets.IterableDataset.from_generator(
         lambda files: ({"file": name} for name in files), gen_kwargs={"files": files}
     )
-    first, others = split_off_first_shard(stream)
-    assert first.n_shards == 1 and sum(other.n_shards for other in others) == 12
-    assert len(others) == 4  # one stream per halving (13 -> 7 -> 4 -> 2 -> 1), not one per shard
-    assert [example["file"] for part in (first, *others) for example in part] == files
+    parts = consecutive_parts(stream, max_shards=3)
+    assert [part.n_shards for part in parts] == [2, 2, 3, 3, 3]  # halves of 13 -> 7 and 6 -> ...
+    assert [example["file"] for part in parts for example in part] == files
+    assert [part.n_shards for part in consecutive_parts(stream, max_shards=1)] == [1] * 13
 
 
 def test_holding_out_the_first_of_a_thousand_shards_opens_few_files(tmp_path):

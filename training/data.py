@@ -155,25 +155,30 @@ def find_image_column(features: Features | None, requested: str | None) -> str:
     return image_columns[0]
 
 
-def split_off_first_shard(stream: IterableDataset) -> tuple[IterableDataset, list[IterableDataset]]:
-    """(shard 0, the other shards) of a stream in n >= 2 shards, the others in O(log n) streams of consecutive
-    shards, in order. Walks down the left halves: each `shard` call copies its stream's file list, so this costs
-    O(n), and it holds O(log n) streams (each `IterableDataset` keeps a file descriptor open once torch is imported:
-    one stream per shard would exhaust the usual limit of 1024 from about a thousand shards on)."""
-    later_halves = []
-    while stream.n_shards > 1:
-        stream, later = (stream.shard(num_shards=2, index=index, contiguous=True) for index in range(2))
-        later_halves.append(later)
-    return stream, later_halves[::-1]
+def consecutive_parts(stream: IterableDataset, max_shards: int) -> list[IterableDataset]:
+    """The shards of `stream`, in order, as streams of at most `max_shards` consecutive shards. Split in halves,
+    recursively: each `shard` call copies the whole file list, so taking the parts one by one would cost more."""
+    if stream.n_shards <= max_shards:
+        return [stream]
+    halves = (stream.shard(num_shards=2, index=index, contiguous=True) for index in range(2))
+    return [part for half in halves for part in consecutive_parts(half, max_shards)]
 
 
 def hold_out_first_shard(stream: IterableDataset, num_validation: int) -> tuple[IterableDataset, IterableDataset]:
     """(train, validation) of a stream in two or more shards: validation is the first `num_validation` examples of
     shard 0, training everything else in the same n shards (shard 0 less those examples). Every process holds out
     the same examples (a `skip` of the whole stream would, after the per-process split, skip each process's own
-    first examples), each can still read whole shards of its own, and the shard order can still be shuffled."""
-    first, others = split_off_first_shard(stream)
-    train = datasets.concatenate_datasets([first.skip(num_validation), *others])
+    first examples), each can still read whole shards of its own, and the shard order can still be shuffled.
+
+    The training stream concatenates parts of at most max(64, n / 64) consecutive shards, a trade-off: each part is
+    an `IterableDataset`, which keeps a file descriptor open once torch is imported (one part per shard would exhaust
+    the usual limit of 1024 from about a thousand shards on), and `datasets` takes a concatenation apart into single
+    shards whenever a process splits or shuffles it, at a cost that grows with the square of each part's size. So
+    at most about 200 streams are open at once, and the split costs about 1 s at 4000 shards.
+    """
+    first_part, *parts = consecutive_parts(stream, max_shards=max(64, -(-stream.n_shards // 64)))
+    first, *rest_of_first_part = consecutive_parts(first_part, max_shards=1)
+    train = datasets.concatenate_datasets([first.skip(num_validation), *rest_of_first_part, *parts])
     return train, first.take(num_validation)
 
 
