@@ -113,9 +113,21 @@ def test_with_a_limit_the_repo_converges_to_the_checkpoints_on_disk(tmp_path, fa
     ]
     assert [commit.deleted for commit in commits[1:]] == [["checkpoints/checkpoint-1/"], ["checkpoints/checkpoint-2/"]]
     assert pusher.prune().result() is None  # nothing left to delete: no empty commit
+    # the last upload fails and training ends: the deletion at the end keeps the last checkpoint that went through
+    failing_once(monkeypatch)
+    assert pusher.push(make_checkpoint(tmp_path, 8)).exception() is not None
     shutil.rmtree(tmp_path / "checkpoint-6")
-    pusher.prune().result()
-    assert checkpoints_in_repo(fake_hub, "org/run") == []
+    assert pusher.prune().result() is None
+    assert {name.split("/")[1] for name in checkpoints_in_repo(fake_hub, "org/run")} == {"checkpoint-6"}
+
+
+def test_with_no_upload_through_the_deletion_at_the_end_deletes_nothing(tmp_path, fake_hub, monkeypatch):
+    upload_previous_run_checkpoint(tmp_path, "org/run")  # e.g. the one this run resumed from, in another folder
+    pusher = CheckpointPusher("org/run", token=None, output_dir=tmp_path, keep_last=1)
+    failing_once(monkeypatch)
+    assert pusher.push(make_checkpoint(tmp_path, 2)).exception() is not None
+    assert pusher.prune().result() is None
+    assert {name.split("/")[1] for name in checkpoints_in_repo(fake_hub, "org/run")} == {"checkpoint-1"}
 
 
 def test_without_a_limit_nothing_is_deleted_from_the_repo(tmp_path, fake_hub):

@@ -6,6 +6,7 @@ import json
 import re
 import signal
 import time
+from pathlib import Path
 
 import checkpointing
 import pytest
@@ -104,46 +105,64 @@ def test_non_finite_loss_stops_the_run_after_saving_the_last_good_state(tmp_path
 
 
 @pytest.fixture
-def slow_checkpoint_uploads(monkeypatch, tmp_path):
-    """For a run in `tmp_path / "run"`: each checkpoint commit is held until the next checkpoint exists (at most
-    2 s), so that uploads run behind training. Returns the list that will hold the run's `CheckpointPusher`."""
+def checkpoint_pushers(monkeypatch) -> list:
+    """The list that will hold the `CheckpointPusher` of a run in this process."""
     import hub
-    from huggingface_hub import HfApi
 
-    create_commit, init = HfApi.create_commit, hub.CheckpointPusher.__init__
-    pushers: list[hub.CheckpointPusher] = []
-
-    def slow_commit(self, repo_id, operations, commit_message, **kwargs):
-        if step := re.search(r"checkpoint-(\d+) ", commit_message):
-            deadline = time.monotonic() + 2
-            while not (tmp_path / "run" / f"checkpoint-{int(step[1]) + 1}").exists() and time.monotonic() < deadline:
-                time.sleep(0.01)
-        return create_commit(self, repo_id, operations=operations, commit_message=commit_message, **kwargs)
+    init, pushers = hub.CheckpointPusher.__init__, []
 
     def recording_init(self, *args, **kwargs):
         init(self, *args, **kwargs)
         pushers.append(self)
 
-    monkeypatch.setattr(HfApi, "create_commit", slow_commit)
     monkeypatch.setattr(hub.CheckpointPusher, "__init__", recording_init)
     return pushers
+
+
+def hold_checkpoint_commits(monkeypatch, until, at_most: float) -> None:
+    """Hold each checkpoint commit until `until(step)` is true (at most `at_most` seconds), then check that the files
+    it uploads are all still there (a folder deleted under its upload would fail the commit)."""
+    from huggingface_hub import HfApi
+
+    create_commit = HfApi.create_commit
+
+    def held_commit(self, repo_id, operations, commit_message, **kwargs):
+        if step := re.search(r"checkpoint-(\d+) ", commit_message):
+            deadline = time.monotonic() + at_most
+            while not until(int(step[1])) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        missing = [op.path_in_repo for op in operations if hasattr(op, "path_or_fileobj")
+                   and not Path(op.path_or_fileobj).is_file()]  # fmt: skip
+        assert not missing, f"deleted while uploading: {missing}"
+        return create_commit(self, repo_id, operations=operations, commit_message=commit_message, **kwargs)
+
+    monkeypatch.setattr(HfApi, "create_commit", held_commit)
+
+
+@pytest.fixture
+def slow_checkpoint_uploads(monkeypatch, tmp_path, checkpoint_pushers):
+    """For a run in `tmp_path / "run"`: each checkpoint commit is held until the next checkpoint exists (at most
+    2 s), so that uploads run behind training. Returns the list that will hold the run's `CheckpointPusher`."""
+    next_exists = lambda step: (tmp_path / "run" / f"checkpoint-{step + 1}").exists()  # noqa: E731
+    hold_checkpoint_commits(monkeypatch, until=next_exists, at_most=2)
+    return checkpoint_pushers
 
 
 def test_a_checkpoint_is_deleted_only_once_its_upload_is_over(tmp_path, fake_hub, monkeypatch,
                                                               slow_checkpoint_uploads):  # fmt: skip
     remove_checkpoints, removed = checkpointing.remove_checkpoints, []
 
-    def checked_remove(paths):
-        assert not set(paths) & set(slow_checkpoint_uploads[0].pending()), "deleted while uploading"
+    def recorded_remove(paths):
         removed.extend(path.name for path in paths)
         remove_checkpoints(paths)
 
-    monkeypatch.setattr(checkpointing, "remove_checkpoints", checked_remove)
+    monkeypatch.setattr(checkpointing, "remove_checkpoints", recorded_remove)
     output_dir = tmp_path / "run"
     run_in_process([*QUICK_RUN, "--output_dir", str(output_dir), "--max_train_steps", "4", "--checkpointing_steps",
                     "1", "--checkpoints_total_limit", "1", "--validation_steps", "100", "--push_to_hub",
                     "--hub_model_id", "org/slow-run", "--hub_push_checkpoints"])  # fmt: skip
-    assert removed == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    assert slow_checkpoint_uploads[0].failed == []  # no upload lost its folder (the held commits check each file)
+    assert sorted(removed) == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
     assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-4"]
     in_repo = {name.split("/")[1] for name in fake_hub.repos["org/slow-run"] if name.startswith("checkpoints/")}
     assert in_repo == {"checkpoint-4"}  # the repo ends as the disk, though pruning lagged behind the saves
@@ -171,26 +190,23 @@ def test_the_step_saved_again_at_a_non_finite_loss_waits_for_its_upload(tmp_path
     assert uploads.count(f"Upload checkpoints/{last_good.name} from hf-vitvq training") == 2  # pushed again
 
 
-def test_uploads_slower_than_checkpointing_skip_the_superseded_checkpoints(tmp_path, fake_hub, monkeypatch):
-    from huggingface_hub import HfApi
+def test_uploads_slower_than_checkpointing_skip_the_superseded_checkpoints(tmp_path, fake_hub, monkeypatch,
+                                                                          checkpoint_pushers):  # fmt: skip
+    output_dir, on_disk = tmp_path / "run", []
 
-    create_commit, output_dir, on_disk = HfApi.create_commit, tmp_path / "run", []
-
-    def first_commit_held_to_the_end(self, *args, **kwargs):  # a network far slower than training
-        deadline = time.monotonic() + 30
-        while not (output_dir / "checkpoint-12").exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
+    def when_the_last_is_queued(step):  # a network far slower than training: the first upload ends last
         on_disk.append(len(checkpointing.checkpoint_dirs(output_dir)))
-        return create_commit(self, *args, **kwargs)
+        return output_dir / "checkpoint-12" in checkpoint_pushers[0].uploads
 
-    monkeypatch.setattr(HfApi, "create_commit", first_commit_held_to_the_end)
+    hold_checkpoint_commits(monkeypatch, until=when_the_last_is_queued, at_most=30)
     run_in_process([*QUICK_RUN, "--output_dir", str(output_dir), "--max_train_steps", "12", "--checkpointing_steps",
                     "1", "--checkpoints_total_limit", "1", "--validation_steps", "100", "--push_to_hub",
                     "--hub_model_id", "org/slow-network", "--hub_push_checkpoints"])  # fmt: skip
     uploads = [commit.message for commit in fake_hub.commits if commit.message.startswith("Upload checkpoints/")]
     # checkpoints 2-11 were queued behind the upload of checkpoint-1, each with a newer one behind it: skipped
     assert uploads == [f"Upload checkpoints/checkpoint-{step} from hf-vitvq training" for step in (1, 12)]
-    assert max(on_disk) <= 3  # the one uploading, the newest queued and the one just saved: not the backlog
+    # the one uploading, and the newest (with, for a moment, the one it supersedes): not the backlog
+    assert max(on_disk) <= 3 and checkpoint_pushers[0].failed == []
     in_repo = {name.split("/")[1] for name in fake_hub.repos["org/slow-network"] if name.startswith("checkpoints/")}
     assert in_repo == {"checkpoint-12"}
 

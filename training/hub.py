@@ -37,12 +37,12 @@ class CheckpointPusher:
     `run_as_future` queue).
 
     With `keep_last` (`--checkpoints_total_limit`), the repo's `checkpoints/` follows `output_dir`: each commit also
-    deletes the repo's checkpoints no longer on disk (those of other runs included), so the repo converges to the
-    checkpoints kept on disk even after a failed commit or a restart; and a queued upload with `keep_last` newer ones
-    queued behind it is skipped, since their commits would delete it: with uploads slower than checkpointing, the
-    queue and the disk stay bounded. Without `keep_last`, nothing is ever deleted. A failed upload is logged and
-    listed in `failed`, and not retried: the next checkpoint's push supersedes it. An upload reads its folder while it
-    runs: delete only the folders `removable` returns.
+    deletes the repo's checkpoints no longer on disk (those of other runs included) but the last one it committed,
+    so the repo converges to the checkpoints kept on disk even after a failed commit or a restart; and a queued
+    upload with `keep_last` newer ones queued behind it is skipped, since their commits would delete it: with uploads
+    slower than checkpointing, the queue and the disk stay bounded. Without `keep_last`, nothing is ever deleted. A
+    failed upload is logged and listed in `failed`, and not retried: the next checkpoint's push supersedes it. An
+    upload reads its folder while it runs: delete only the folders `removable` returns.
     """
 
     def __init__(self, repo_id: str, token: str | None, output_dir: str | Path, keep_last: int | None = None) -> None:
@@ -54,6 +54,7 @@ class CheckpointPusher:
         self.uploads: dict[Path, Future] = {}
         self.failed: list[Path] = []
         self._queued: list[Path] = []  # pushed, upload not started, in push order
+        self._newest_uploaded: str | None = None  # the last checkpoint this pusher committed
         self._lock = threading.Lock()  # guards `_queued` between the training and the upload thread
 
     def push(self, folder: Path) -> Future:
@@ -66,8 +67,9 @@ class CheckpointPusher:
         return future
 
     def prune(self) -> Future:
-        """Queue the deletion of the repo's checkpoints no longer on disk (with `keep_last`; no commit when there are
-        none)."""
+        """Queue the deletion of the repo's checkpoints no longer on disk (with `keep_last`), except the last one this
+        pusher uploaded: no commit when there are none, or when no upload went through (the repo's checkpoints may
+        then be the only copies left)."""
         return self.api.run_as_future(self._commit_logged, None)
 
     def pending(self) -> list[Path]:
@@ -109,19 +111,23 @@ class CheckpointPusher:
                 self.failed.append(folder)
             logger.error(f"Pushing {what} to the Hub failed, not retried (later checkpoints will be): {error!r}")
             raise
-        if folder in self.failed:  # pushed again (a step saved again) and through this time
-            self.failed.remove(folder)
+        if folder is not None:
+            self._newest_uploaded = folder.name
+            if folder in self.failed:  # pushed again (a step saved again) and through this time
+                self.failed.remove(folder)
         if url is not None:
             logger.info(f"Pushed {what} to {url}")
         return url
 
     def _commit(self, folder: Path | None) -> str | None:
         """One commit: add every file of `folder` (if any) under `checkpoints/NAME`; with `keep_last`, delete the
-        repo's checkpoint folders not on disk; returns the commit URL, or None when there was nothing to commit."""
+        repo's checkpoint folders not on disk but the one committed last; returns the commit URL, or None when there
+        was nothing to commit."""
         prefix = f"{CHECKPOINTS_IN_REPO}/"
         deletions = []
-        if self.keep_last is not None:
-            keep = {path.name for path in checkpoint_dirs(self.output_dir)} | ({folder.name} if folder else set())
+        newest = folder.name if folder is not None else self._newest_uploaded
+        if self.keep_last is not None and newest is not None:
+            keep = {path.name for path in checkpoint_dirs(self.output_dir)} | {newest}
             in_repo = {path[len(prefix) :].split("/")[0] for path in self.api.list_repo_files(self.repo_id)
                        if path.startswith(prefix) and "/" in path[len(prefix) :]}  # fmt: skip
             deletions = [

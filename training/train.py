@@ -238,10 +238,10 @@ class Trainer:
             if pusher is not None:  # re-saving a step (a non-finite loss right after a checkpoint): upload over first
                 pusher.wait([final])
             final = checkpointing.publish(self.output_dir, step)
-            self.prune_checkpoints()
             logger.info(f"Saved {final}")
             if pusher is not None:
-                pusher.push(final)
+                pusher.push(final)  # before pruning: a queued upload this one supersedes can be deleted at once
+            self.prune_checkpoints()
         accelerator.wait_for_everyone()
         return final
 
