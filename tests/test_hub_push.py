@@ -12,6 +12,7 @@ import pytest
 from fake_hub import fake_hub_fixture  # noqa: F401
 from hub import CheckpointPusher
 from huggingface_hub import HfApi
+from training_utils import checkpoint_names_in_repo
 
 
 def make_checkpoint(output_dir: Path, step: int) -> Path:
@@ -118,7 +119,7 @@ def test_with_a_limit_the_repo_converges_to_the_checkpoints_on_disk(tmp_path, fa
     assert pusher.push(make_checkpoint(tmp_path, 8)).exception() is not None
     shutil.rmtree(tmp_path / "checkpoint-6")
     assert pusher.prune().result() is None
-    assert {name.split("/")[1] for name in checkpoints_in_repo(fake_hub, "org/run")} == {"checkpoint-6"}
+    assert checkpoint_names_in_repo(fake_hub, "org/run") == {"checkpoint-6"}
 
 
 def test_with_no_upload_through_the_deletion_at_the_end_deletes_nothing(tmp_path, fake_hub, monkeypatch):
@@ -127,7 +128,7 @@ def test_with_no_upload_through_the_deletion_at_the_end_deletes_nothing(tmp_path
     failing_once(monkeypatch)
     assert pusher.push(make_checkpoint(tmp_path, 2)).exception() is not None
     assert pusher.prune().result() is None
-    assert {name.split("/")[1] for name in checkpoints_in_repo(fake_hub, "org/run")} == {"checkpoint-1"}
+    assert checkpoint_names_in_repo(fake_hub, "org/run") == {"checkpoint-1"}
 
 
 def test_without_a_limit_nothing_is_deleted_from_the_repo(tmp_path, fake_hub):
@@ -135,7 +136,7 @@ def test_without_a_limit_nothing_is_deleted_from_the_repo(tmp_path, fake_hub):
     pusher = CheckpointPusher("org/run", token=None, output_dir=tmp_path)
     pusher.push(make_checkpoint(tmp_path, 2)).result()
     assert pusher.prune().result() is None
-    assert {name.split("/")[1] for name in checkpoints_in_repo(fake_hub, "org/run")} == {"checkpoint-1", "checkpoint-2"}
+    assert checkpoint_names_in_repo(fake_hub, "org/run") == {"checkpoint-1", "checkpoint-2"}
 
 
 def test_an_upload_superseded_while_queued_is_skipped_and_its_folder_removable(tmp_path, fake_hub, gated_commits,

@@ -17,7 +17,7 @@ from fake_hub import fake_hub_fixture  # noqa: F401
 from safetensors.torch import load_file
 from test_training_parts import make_image_folder
 from train import NonFiniteLossError
-from training_utils import QUICK_RUN, losses_by_step, run_in_process, start_subprocess
+from training_utils import QUICK_RUN, checkpoint_names_in_repo, losses_by_step, run_in_process, start_subprocess
 
 from hf_vitvq import ViTVQConfig, ViTVQImageProcessor, ViTVQModel
 
@@ -164,8 +164,8 @@ def test_a_checkpoint_is_deleted_only_once_its_upload_is_over(tmp_path, fake_hub
     assert slow_checkpoint_uploads[0].failed == []  # no upload lost its folder (the held commits check each file)
     assert sorted(removed) == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
     assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-4"]
-    in_repo = {name.split("/")[1] for name in fake_hub.repos["org/slow-run"] if name.startswith("checkpoints/")}
-    assert in_repo == {"checkpoint-4"}  # the repo ends as the disk, though pruning lagged behind the saves
+    # the repo ends as the disk, though pruning lagged behind the saves
+    assert checkpoint_names_in_repo(fake_hub, "org/slow-run") == {"checkpoint-4"}
 
 
 def test_the_step_saved_again_at_a_non_finite_loss_waits_for_its_upload(tmp_path, fake_hub, monkeypatch,
@@ -207,8 +207,7 @@ def test_uploads_slower_than_checkpointing_skip_the_superseded_checkpoints(tmp_p
     assert uploads == [f"Upload checkpoints/checkpoint-{step} from hf-vitvq training" for step in (1, 12)]
     # the one uploading, and the newest (with, for a moment, the one it supersedes): not the backlog
     assert max(on_disk) <= 3 and checkpoint_pushers[0].failed == []
-    in_repo = {name.split("/")[1] for name in fake_hub.repos["org/slow-network"] if name.startswith("checkpoints/")}
-    assert in_repo == {"checkpoint-12"}
+    assert checkpoint_names_in_repo(fake_hub, "org/slow-network") == {"checkpoint-12"}
 
 
 def test_resume_with_another_number_of_processes_is_refused(tmp_path):

@@ -56,3 +56,8 @@ def losses_by_step(output_dir: Path, term: str = "loss") -> dict[int, float]:
         entry = json.loads(line)
         losses[entry["step"]] = entry[term]
     return losses
+
+
+def checkpoint_names_in_repo(fake_hub, repo_id: str) -> set[str]:
+    """The checkpoint folders under `checkpoints/` in a repo of the fake Hub."""
+    return {name.split("/")[1] for name in fake_hub.repos[repo_id] if name.startswith("checkpoints/")}

@@ -54,7 +54,7 @@ class CheckpointPusher:
         self.uploads: dict[Path, Future] = {}
         self.failed: list[Path] = []
         self._queued: list[Path] = []  # pushed, upload not started, in push order
-        self._newest_uploaded: str | None = None  # the last checkpoint this pusher committed
+        self._last_uploaded: str | None = None  # the last checkpoint this pusher committed
         self._lock = threading.Lock()  # guards `_queued` between the training and the upload thread
 
     def push(self, folder: Path) -> Future:
@@ -112,7 +112,7 @@ class CheckpointPusher:
             logger.error(f"Pushing {what} to the Hub failed, not retried (later checkpoints will be): {error!r}")
             raise
         if folder is not None:
-            self._newest_uploaded = folder.name
+            self._last_uploaded = folder.name
             if folder in self.failed:  # pushed again (a step saved again) and through this time
                 self.failed.remove(folder)
         if url is not None:
@@ -125,9 +125,9 @@ class CheckpointPusher:
         was nothing to commit."""
         prefix = f"{CHECKPOINTS_IN_REPO}/"
         deletions = []
-        newest = folder.name if folder is not None else self._newest_uploaded
-        if self.keep_last is not None and newest is not None:
-            keep = {path.name for path in checkpoint_dirs(self.output_dir)} | {newest}
+        last = folder.name if folder is not None else self._last_uploaded
+        if self.keep_last is not None and last is not None:
+            keep = {path.name for path in checkpoint_dirs(self.output_dir)} | {last}
             in_repo = {path[len(prefix) :].split("/")[0] for path in self.api.list_repo_files(self.repo_id)
                        if path.startswith(prefix) and "/" in path[len(prefix) :]}  # fmt: skip
             deletions = [
