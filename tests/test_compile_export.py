@@ -14,6 +14,11 @@ from hf_vitvq import precision as precision_module
 from hf_vitvq.cli import main as cli_main
 from hf_vitvq.precision import cpu_has_native_bf16, inference_autocast
 
+# Inductor's generated code and onnxruntime's MLAS kernels sum in other orders than eager PyTorch, and each picks its
+# kernels by the CPU's instruction set (AVX2 or AVX-512): a relative part plus an absolute floor. Measured here: up
+# to 1e-7 on values up to 0.3 (ONNX), 1.5e-8 (inductor): at most 0.009 of this tolerance.
+OTHER_KERNELS_TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
+
 
 def make_model(**overrides) -> ViTVQModel:
     torch.manual_seed(0)
@@ -33,7 +38,7 @@ def test_compiled_encode_and_decode_have_no_graph_breaks_and_match_eager():
     decode = torch.compile(model.decode, fullgraph=True, backend="inductor")
     token_ids = encode(x)
     assert torch.equal(token_ids, model.encode(x))
-    torch.testing.assert_close(decode(token_ids), model.decode(token_ids), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(decode(token_ids), model.decode(token_ids), **OTHER_KERNELS_TOLERANCE)
     # compiled outside inference mode, but the results carry no autograd history
     assert not decode(token_ids).requires_grad
 
@@ -70,11 +75,12 @@ def test_onnxruntime_matches_pytorch_at_any_batch_size(exported, batch):
     (token_ids,) = encoder.run(None, {"pixel_values": x.numpy()})
     assert token_ids.shape == tuple(expected_ids.shape) and str(token_ids.dtype) == str(expected_ids.dtype)[6:]
     if model.quantize.is_continuous:
-        torch.testing.assert_close(torch.from_numpy(token_ids), expected_ids, atol=1e-5, rtol=0)
+        torch.testing.assert_close(torch.from_numpy(token_ids), expected_ids, **OTHER_KERNELS_TOLERANCE)
     else:
         assert torch.equal(torch.from_numpy(token_ids), expected_ids)
     (decoded,) = decoder.run(None, {"token_ids": token_ids})
-    torch.testing.assert_close(torch.from_numpy(decoded), model.decode(torch.from_numpy(token_ids)), atol=1e-4, rtol=0)
+    expected = model.decode(torch.from_numpy(token_ids))
+    torch.testing.assert_close(torch.from_numpy(decoded), expected, **OTHER_KERNELS_TOLERANCE)
 
 
 def test_export_leaves_the_model_as_it_was(exported):
