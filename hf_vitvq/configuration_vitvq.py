@@ -6,8 +6,11 @@ arXiv 2406.07550 (TiTok). Every hyperparameter of the model lives here.
 
 from __future__ import annotations
 
+import difflib
 import math
-from dataclasses import dataclass
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from transformers import PretrainedConfig
@@ -49,10 +52,64 @@ def _symmetric(size: str, num_latent_tokens: int) -> dict[str, Any]:
 # `ViTVQConfig.quantizer_type` values; one module each (quantizer_vq.py, quantizer_fsq.py, ...).
 QUANTIZER_TYPES = ("vq", "fsq", "lfq", "rvq", "kl")
 
+# The codebook shape a config gets when neither the user nor the quantizer's other fields decide it (TiTok's).
+DEFAULT_CODEBOOK_SIZE = 4096
+DEFAULT_CODEBOOK_DIM = 12
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
 
 def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not _is_int(value) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+
+
+def _is_power_of_two(value: Any) -> bool:
+    return _is_int(value) and value >= 2 and value & (value - 1) == 0
+
+
+def looks_like_local_path(name: str) -> bool:
+    """Whether `name` can only be a local path, never a Hub repo id (`name` or `namespace/name`): it is absolute,
+    starts with `.` or `~`, holds a backslash, or has more than one `/`."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or "\\" in name or name.count("/") > 1
+
+
+def check_local_path_exists(name_or_path: str | os.PathLike) -> None:
+    """Raise a `FileNotFoundError` when `name_or_path` is a local path (see [`looks_like_local_path`]) that does not
+    exist; Hub repo ids pass."""
+    name = os.fspath(name_or_path)
+    if looks_like_local_path(name) and not os.path.exists(name):
+        raise FileNotFoundError(
+            f"The model folder '{name}' does not exist (working directory: {os.getcwd()}). Pass the folder that "
+            "save_pretrained wrote, or a Hub repo id ('name' or 'namespace/name')."
+        )
+
+
+def derive_codebook_shape(
+    quantizer_type: str, codebook_size: int | None, codebook_dim: int | None, fsq_levels: list[int] | None
+) -> tuple[int, int]:
+    """`(codebook_size, codebook_dim)`, each one left unset (`None`) derived from the quantizer's other fields.
+
+    `fsq` (with valid `fsq_levels`): `prod(fsq_levels)` codes of dimension `len(fsq_levels)`. `lfq`: 2 ** codebook_dim
+    codes, and `codebook_dim = log2(codebook_size)` when only a power-of-two size is set. Otherwise (and for the
+    other quantizers, whose sizes are free) `DEFAULT_CODEBOOK_SIZE` and `DEFAULT_CODEBOOK_DIM`. Values that are set
+    are returned as they are: [`ViTVQConfig`]'s checks report the contradictions among them.
+    """
+    if quantizer_type == "fsq" and fsq_levels and all(_is_int(level) and level >= 2 for level in fsq_levels):
+        implied_size, implied_dim = math.prod(fsq_levels), len(fsq_levels)
+    elif quantizer_type == "lfq":
+        if codebook_dim is None and _is_power_of_two(codebook_size):
+            codebook_dim = codebook_size.bit_length() - 1
+        implied_dim = DEFAULT_CODEBOOK_DIM if codebook_dim is None else codebook_dim
+        implied_size = 2**implied_dim if _is_int(implied_dim) and implied_dim >= 1 else DEFAULT_CODEBOOK_SIZE
+    else:
+        implied_size, implied_dim = DEFAULT_CODEBOOK_SIZE, DEFAULT_CODEBOOK_DIM
+    return (
+        implied_size if codebook_size is None else codebook_size,
+        implied_dim if codebook_dim is None else codebook_dim,
+    )
 
 
 # `ViTVQConfig.decoder_head` values: a linear pixel head, or TiTok's two-stage MaskGIT-VQGAN head.
@@ -118,8 +175,13 @@ class ViTVQConfig(PretrainedConfig):
         num_latent_tokens (`int`, defaults to 32): number of 1D tokens an image is encoded into.
         use_class_token (`bool`, defaults to `True`): prepend a learned class token to the encoder and decoder
             sequences (TiTok's layout; the seed project had none).
-        codebook_size (`int`, defaults to 4096): number of codes; token ids lie in `[0, codebook_size)`.
-        codebook_dim (`int`, defaults to 12): dimension of each code (low-dimensional "factorized" codes).
+        codebook_size (`int`, *optional*): number of codes; token ids lie in `[0, codebook_size)`. Unset, it is
+            derived from the quantizer's fields: `prod(fsq_levels)` for `fsq`, `2 ** codebook_dim` for `lfq`, else
+            4096.
+        codebook_dim (`int`, *optional*): dimension of each code (low-dimensional "factorized" codes). Unset, it is
+            derived: `len(fsq_levels)` for `fsq`, `log2(codebook_size)` for `lfq` given only a power-of-two
+            `codebook_size`, else 12. Set only what you choose: a value you set that contradicts the others (e.g.
+            `fsq_levels=[8, 5, 5, 5]` with `codebook_size=1024`) is an error. Saved configs hold both numbers.
         use_l2_norm_codes (`bool`, defaults to `True`): l2-normalise latents and codes before the nearest-code
             search (cosine similarity), as TiTok does.
         commitment_cost (`float`, defaults to 0.25): beta, the weight of the commitment loss (`vq`, `rvq`, `lfq`).
@@ -152,8 +214,8 @@ class ViTVQConfig(PretrainedConfig):
             rotation trick (arXiv 2410.06424) instead of the straight-through copy.
         use_simvq (`bool`, defaults to `False`): `vq`/`rvq`: SimVQ codes, a frozen random basis times one learned
             linear map (arXiv 2411.02038); excludes the EMA codebook, k-means init and dead-code restarts.
-        fsq_levels (`list[int]`, *optional*): `fsq`: number of levels per channel, e.g. `[8, 5, 5, 5]`; needs
-            `codebook_dim == len(fsq_levels)` and `codebook_size == prod(fsq_levels)`.
+        fsq_levels (`list[int]`, *optional*): `fsq` (required there, and only used there): number of levels per
+            channel, e.g. `[8, 5, 5, 5]`, which gives `codebook_dim = 4` and `codebook_size = 1000`.
         num_quantizers (`int`, defaults to 1): `rvq`: number of residual levels, each with `codebook_size` codes.
         kl_loss_weight (`float`, defaults to 1e-6): `kl`: weight of the KL divergence to N(0, I) (TiTok's value).
         chunk_size_feed_forward (`int`, defaults to 1024): on the CPU, the MLP half of each block runs over at most
@@ -189,7 +251,13 @@ class ViTVQConfig(PretrainedConfig):
     >>> from hf_vitvq import ViTVQConfig, ViTVQModel
     >>> config = ViTVQConfig.from_preset("tiny", codebook_size=256)
     >>> model = ViTVQModel(config)
+    >>> ViTVQConfig(quantizer_type="fsq", fsq_levels=[8, 5, 5, 5]).codebook_size
+    1000
     ```
+
+    The constructor accepts the extra keys `from_pretrained` passes (`torch_dtype`, `architectures`, `auto_map`, ...)
+    and keeps unknown ones as attributes, as every [`PretrainedConfig`] does; [`~ViTVQConfig.from_preset`],
+    [`~ViTVQConfig.from_base`] and [`~ViTVQConfig.check_field_names`] reject names that are not fields (misspellings).
     """
 
     model_type = "vitvq"
@@ -208,8 +276,8 @@ class ViTVQConfig(PretrainedConfig):
     decoder_mlp_ratio: float | int = 4.0
     num_latent_tokens: int = 32
     use_class_token: bool = True
-    codebook_size: int = 4096
-    codebook_dim: int = 12
+    codebook_size: int | None = None  # derived in __post_init__ when unset (see `derive_codebook_shape`)
+    codebook_dim: int | None = None
     use_l2_norm_codes: bool = True
     commitment_cost: float | int = 0.25
     quantizer_type: str = "vq"
@@ -249,6 +317,9 @@ class ViTVQConfig(PretrainedConfig):
         self.pixel_value_range = [float(value) for value in self.pixel_value_range]
         self.maskgit_channel_mult = list(self.maskgit_channel_mult)
         self.fsq_levels = None if self.fsq_levels is None else list(self.fsq_levels)
+        self.codebook_size, self.codebook_dim = derive_codebook_shape(
+            self.quantizer_type, self.codebook_size, self.codebook_dim, self.fsq_levels
+        )
         super().__post_init__(**kwargs)
         self._check_hyperparameters()
 
@@ -279,7 +350,7 @@ class ViTVQConfig(PretrainedConfig):
             mlp_ratio = getattr(self, f"{role}_mlp_ratio")
             if not mlp_ratio > 0:
                 raise ValueError(f"`{role}_mlp_ratio` must be > 0, got {mlp_ratio!r}.")
-        if isinstance(self.codebook_size, bool) or not isinstance(self.codebook_size, int) or self.codebook_size < 2:
+        if not _is_int(self.codebook_size) or self.codebook_size < 2:
             raise ValueError(f"`codebook_size` must be an integer >= 2, got {self.codebook_size!r}.")
         if self.commitment_cost < 0:
             raise ValueError(f"`commitment_cost` must be >= 0, got {self.commitment_cost!r}.")
@@ -361,19 +432,27 @@ class ViTVQConfig(PretrainedConfig):
                     "quantizer_type 'rvq' quantizes residuals, whose norms shrink level by level: set "
                     "`use_l2_norm_codes=False`."
                 )
+        if self.fsq_levels is not None and self.quantizer_type != "fsq":
+            raise ValueError(
+                f"`fsq_levels` only applies to quantizer_type 'fsq', got quantizer_type {self.quantizer_type!r}: set "
+                "quantizer_type='fsq' or leave `fsq_levels` unset."
+            )
         if self.quantizer_type == "fsq":
             levels = self.fsq_levels
-            if not levels or any(isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in levels):
+            if not levels or any(not _is_int(n) or n < 2 for n in levels):
                 raise ValueError(f"`fsq_levels` must be a non-empty list of integers >= 2, got {levels!r}.")
             if len(levels) != self.codebook_dim or math.prod(levels) != self.codebook_size:
                 raise ValueError(
                     f"quantizer_type 'fsq' with fsq_levels={levels} needs codebook_dim={len(levels)} and "
-                    f"codebook_size={math.prod(levels)}, got {self.codebook_dim} and {self.codebook_size}."
+                    f"codebook_size={math.prod(levels)}, got {self.codebook_dim} and {self.codebook_size}; leave "
+                    "them unset and they are derived from `fsq_levels`."
                 )
         if self.quantizer_type == "lfq" and self.codebook_size != 2**self.codebook_dim:
+            not_power = "" if _is_power_of_two(self.codebook_size) else f" ({self.codebook_size} is not a power of two)"
             raise ValueError(
-                f"quantizer_type 'lfq' has 2 ** codebook_dim codes: with codebook_dim={self.codebook_dim} set "
-                f"codebook_size={2**self.codebook_dim}, got {self.codebook_size}."
+                f"quantizer_type 'lfq' has 2 ** codebook_dim codes: codebook_dim={self.codebook_dim} gives "
+                f"codebook_size={2**self.codebook_dim}, got {self.codebook_size}{not_power}. Set one of the two; the "
+                "other is derived."
             )
 
     @classmethod
@@ -388,11 +467,75 @@ class ViTVQConfig(PretrainedConfig):
         Args:
             name: one of [`~ViTVQConfig.presets`]: the published TiTok sizes `"S-128"`, `"B-64"`, `"L-32"`,
                 the seed project's `"seed"`, or `"tiny"` for tests and CPU demos.
-            overrides: any config field, applied on top of the preset (e.g. `codebook_size=1024`).
+            overrides: config fields, applied on top of the preset (e.g. `codebook_size=1024`), as
+                [`~ViTVQConfig.from_base`] applies them: a name that is not a field is an error, and switching to
+                `fsq` / `lfq` derives the codebook shape of the new quantizer.
         """
         if name not in cls.presets_table:
             raise ValueError(f"Unknown preset {name!r}; expected one of {cls.presets()}.")
-        return cls(**{**cls.presets_table[name], **overrides})
+        return cls.from_base(cls.presets_table[name], **overrides)
+
+    @classmethod
+    def from_base(cls, base: Mapping[str, Any], **overrides: Any) -> ViTVQConfig:
+        """Build a configuration from the values `base` (a preset, or the dict of a saved config.json) with
+        `overrides` on top, e.g. what a user passes to training's `--model_overrides`.
+
+        Override names that are not fields are an error (see [`~ViTVQConfig.check_field_names`]). When the result
+        uses `fsq` or `lfq` and the overrides change its quantizer's fields (`quantizer_type`, `fsq_levels`,
+        `codebook_dim` or `codebook_size`), the `codebook_size` and `codebook_dim` of `base` that the overrides do
+        not set give way to the ones derived for the new fields (`from_base(tiny, quantizer_type="fsq",
+        fsq_levels=[8, 5, 5, 5])` has 1000 codes of dimension 4, not tiny's 1024 x 12); other values of `base`
+        that contradict the overrides are errors, as in the constructor.
+        """
+        cls.check_field_names(overrides)
+        shape_fields = ("codebook_size", "codebook_dim")
+        quantizer = overrides.get("quantizer_type", base.get("quantizer_type", "vq"))
+        if quantizer in ("fsq", "lfq") and overrides.keys() & {"quantizer_type", "fsq_levels", *shape_fields}:
+            base = {key: value for key, value in base.items() if key not in shape_fields}
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def get_config_dict(
+        cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """[`PretrainedConfig.get_config_dict`] (which `from_pretrained` of this config and of [`ViTVQModel`] call),
+        with errors that say when a local folder does not exist: a path that cannot be a Hub repo id (absolute,
+        `./...`, `a/b/c`) raises a `FileNotFoundError` naming it, and a failed Hub lookup of a name that is no local
+        folder either says so. (`AutoConfig` / `AutoModel` resolve the config through the base class and keep
+        transformers' own message.)"""
+        check_local_path_exists(pretrained_model_name_or_path)
+        try:
+            return super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        except OSError as error:
+            name = os.fspath(pretrained_model_name_or_path)
+            if os.path.exists(name):
+                raise
+            raise OSError(
+                f"{error}\nThere is no local folder '{name}' either (working directory: {os.getcwd()})."
+            ) from error
+
+    @classmethod
+    def check_field_names(cls, names: Iterable[str]) -> None:
+        """Raise a `ValueError` naming every one of `names` that is not a field of this config, with the fields it
+        probably misspells (`codebok_size`: did you mean `codebook_size`?).
+
+        For overrides a user types: [`~ViTVQConfig.from_base`] (so [`~ViTVQConfig.from_preset`]) calls it. (The
+        constructor does not: it also takes the other keys `from_pretrained` passes.)
+        """
+        known = [field.name for field in fields(cls)]
+        unknown = [name for name in names if name not in known]
+        if not unknown:
+            return
+        problems = []
+        for name in unknown:
+            matches = difflib.get_close_matches(name, known, n=3)
+            problems.append(
+                f"'{name}' (" + (f"did you mean {' or '.join(map(repr, matches))}?)" if matches else "no close match)")
+            )
+        inherited = {field.name for field in fields(PretrainedConfig)}
+        own = ", ".join(repr(name) for name in known if name not in inherited)
+        noun = "field" if len(unknown) == 1 else "fields"
+        raise ValueError(f"Unknown {cls.__name__} {noun} {'; '.join(problems)}. The {cls.__name__} fields are: {own}.")
 
     @property
     def grid_size(self) -> int:

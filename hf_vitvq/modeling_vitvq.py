@@ -13,8 +13,11 @@ image. The computation (and the parameter layout, up to names) is that of the pu
 from __future__ import annotations
 
 import functools
+import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -24,7 +27,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, can_return_tuple
 
-from .configuration_vitvq import TransformerSizes, ViTVQConfig
+from .configuration_vitvq import TransformerSizes, ViTVQConfig, check_local_path_exists
 from .modeling_maskgit_vqgan import MaskGitVQGANHead
 from .quantizer_base import CodebookUsage, Quantizer
 from .quantizer_fsq import FiniteScalarQuantizer
@@ -124,6 +127,8 @@ class ViTVQAttention(nn.Module):
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
+        if batch_size == 0:  # transformers' sdpa wrapper cannot reshape an empty batch; eager computes it
+            attention_interface = eager_attention_forward
         attn_output, _ = attention_interface(
             self,
             query,
@@ -294,6 +299,41 @@ class ViTVQDecoder(nn.Module):
         return image.reshape(batch_size, channels, grid * patch, grid * patch)
 
 
+# safetensors refuses headers larger than this (its MAX_HEADER_SIZE): a larger length means a corrupt file.
+MAX_SAFETENSORS_HEADER_SIZE = 100_000_000
+
+
+def safetensors_problem(path: str | os.PathLike) -> str | None:
+    """What is wrong with the safetensors file at `path`, as far as its size and header show: empty, truncated, or a
+    header that is not a safetensors header; `None` when the header describes exactly the bytes the file holds.
+
+    Reads the 8-byte little-endian header length and the JSON header that follows it, no tensor data (bytes zeroed
+    or flipped inside the data go unnoticed: only a checksum finds those)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as file:
+        prefix = file.read(8)
+        if len(prefix) < 8:
+            return f"is empty or truncated: {size} bytes, too short for a safetensors header"
+        header_size = int.from_bytes(prefix, "little")
+        if header_size > MAX_SAFETENSORS_HEADER_SIZE:
+            return f"is corrupt: its first 8 bytes announce a header of {header_size} bytes"
+        if 8 + header_size > size:
+            return f"is truncated: {size} bytes, its header alone takes {8 + header_size}"
+        try:
+            header = json.loads(file.read(header_size))
+            data_size = max(
+                (entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"), default=0
+            )
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return "is corrupt: its header is not the JSON table of tensors a safetensors file starts with"
+    expected = 8 + header_size + data_size
+    if expected > size:
+        return f"is truncated: {size} bytes, its header describes {expected}"
+    if expected < size:
+        return f"is corrupt: {size} bytes, its header describes {expected}"
+    return None
+
+
 class ViTVQPreTrainedModel(PreTrainedModel):
     config_class = ViTVQConfig
     config: ViTVQConfig
@@ -326,6 +366,49 @@ class ViTVQPreTrainedModel(PreTrainedModel):
             # After their submodules: state derived from them (EMA sums, SimVQ basis). transformers skips a custom
             # model's module that holds no parameter or buffer of its own, so only such state may live here.
             module.init_weights()
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args, **kwargs
+    ) -> ViTVQPreTrainedModel:
+        """[`~transformers.PreTrainedModel.from_pretrained`], with clear errors where transformers gives raw ones: a
+        local folder that does not exist is named as such (see [`ViTVQConfig.get_config_dict`]), and when loading
+        from a local folder fails on an empty, truncated or corrupt `*.safetensors` file, the error names that file
+        (safetensors' own says only "Error while deserializing header"). `AutoModel.from_pretrained` comes here
+        once it has read the config."""
+        if pretrained_model_name_or_path is not None:
+            check_local_path_exists(pretrained_model_name_or_path)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        except Exception as error:
+            folder = Path(pretrained_model_name_or_path or "", kwargs.get("subfolder", ""))
+            if pretrained_model_name_or_path is not None and folder.is_dir():
+                for path in sorted(folder.glob("*.safetensors")):
+                    if (problem := safetensors_problem(path)) is not None:
+                        raise OSError(
+                            f"The weights file {path} {problem}. Save or download it again (a copy interrupted while "
+                            "being written leaves such files)."
+                        ) from error
+            raise
+
+
+def preview(values: list, limit: int = 10) -> str:
+    """`values` as a list literal, cut to the first `limit` entries: `[1, 2, ...]`."""
+    return repr(values) if len(values) <= limit else repr(values[:limit])[:-1] + ", ...]"
+
+
+def check_finite_pixels(pixel_values: torch.Tensor) -> None:
+    """Raise a `ValueError` naming the images of the (B, C, H, W) batch that hold NaN or infinite values. Reads one
+    value back to the host when all are finite (a host sync on a GPU)."""
+    if torch.isfinite(pixel_values).all():
+        return
+    bad_per_image = (~torch.isfinite(pixel_values)).flatten(1).sum(dim=1)  # (B, C, H, W) -> (B,)
+    images = bad_per_image.nonzero().flatten().tolist()
+    raise ValueError(
+        f"`pixel_values` holds {int(bad_per_image.sum())} NaN or infinite value(s) in image(s) {preview(images)} of "
+        f"the batch of {len(pixel_values)}; every token of such an image would get an arbitrary code. Check the "
+        "images and their preprocessing."
+    )
 
 
 def inference_helper(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -365,13 +448,19 @@ class ViTVQModel(ViTVQPreTrainedModel):
 
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`):
-                Images normalised as [`ViTVQImageProcessor`] does ([-1, 1] by default).
+                Images normalised as [`ViTVQImageProcessor`] does ([-1, 1] by default), of any float dtype (cast to
+                the model's). NaN or infinite values are an error (a `ValueError` naming the images), raised before
+                the quantizer changes any state: checking costs one reduction over the batch and one value read
+                back to the host per call (a host sync on a GPU, which the training loop's per-step loss read
+                makes cheap); it is skipped under `torch.compile`.
             return_dict (`bool`, *optional*): return a [`ViTVQModelOutput`] (default) or a plain tuple.
 
         Returns:
-            [`ViTVQModelOutput`] with the reconstruction, token ids and the quantizer's losses and perplexity.
+            [`ViTVQModelOutput`] with the reconstruction, token ids and the quantizer's losses and perplexity. An
+            empty batch (batch_size 0) gives empty reconstruction, ids and latents, and NaN losses (means over no
+            elements).
         """
-        self._check_pixel_values(pixel_values)
+        pixel_values = self._prepare_pixel_values(pixel_values)
         quantizer_output = self.quantize(self.encoder(pixel_values))
         reconstruction = self.decoder(quantizer_output.quantized.to(pixel_values.dtype))
         return ViTVQModelOutput(
@@ -399,14 +488,17 @@ class ViTVQModel(ViTVQPreTrainedModel):
 
         Args:
             pixel_values: `(batch_size, num_channels, image_size, image_size)` float images, normalised as
-                [`ViTVQImageProcessor`] does.
+                [`ViTVQImageProcessor`] does; any float dtype (cast to the model's). NaN or infinite values are a
+                `ValueError` naming the images (they would all quantize to one arbitrary code): the check reads one
+                value back per call (a host sync on a GPU), and is skipped under `torch.compile` and in ONNX graphs.
 
         Returns:
             `(batch_size, num_latent_tokens)` int64 token ids in `[0, codebook_size)`;
             `(batch_size, num_latent_tokens, num_quantizers)` ids for `quantizer_type="rvq"`; for `"kl"` (continuous
-            tokens) no ids but the `(batch_size, num_latent_tokens, codebook_dim)` float32 posterior means.
+            tokens) no ids but the `(batch_size, num_latent_tokens, codebook_dim)` float32 posterior means. An empty
+            batch gives empty ids.
         """
-        self._check_pixel_values(pixel_values)
+        pixel_values = self._prepare_pixel_values(pixel_values)
         output = self.quantize(self.encoder(pixel_values))
         return output.quantized if self.quantize.is_continuous else output.indices
 
@@ -417,7 +509,9 @@ class ViTVQModel(ViTVQPreTrainedModel):
         Args:
             token_ids: what [`~ViTVQModel.encode`] returns: `(batch_size, num_latent_tokens)` integer ids in
                 `[0, codebook_size)`, `(batch_size, num_latent_tokens, num_quantizers)` for `quantizer_type="rvq"`,
-                or `(batch_size, num_latent_tokens, codebook_dim)` float latents for `"kl"`.
+                or `(batch_size, num_latent_tokens, codebook_dim)` float latents for `"kl"`. Ids of any integer dtype
+                (uint8 ... int64); ids outside `[0, codebook_size)` are a `ValueError` listing them (the check reads
+                one value back per call; it is skipped under `torch.compile`).
 
         Returns:
             `(batch_size, num_channels, image_size, image_size)` pixel values ([-1, 1] for the default processor;
@@ -425,7 +519,7 @@ class ViTVQModel(ViTVQPreTrainedModel):
         """
         if self.quantize.is_continuous:
             return self.decode_latents(token_ids)
-        self._check_token_ids(token_ids)
+        token_ids = self._prepare_token_ids(token_ids)
         return self.decoder(self.quantize.indices_to_codes(token_ids).to(self.dtype))
 
     @inference_helper
@@ -440,7 +534,8 @@ class ViTVQModel(ViTVQPreTrainedModel):
             )
         return self.decoder(quantized_latents.to(self.dtype))
 
-    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+    def _prepare_pixel_values(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Check the type, shape and values of `pixel_values`; return them in the dtype of the model's weights."""
         config = self.config
         expected = f"(batch_size, {config.num_channels}, {config.image_size}, {config.image_size})"
         if not isinstance(pixel_values, torch.Tensor):
@@ -462,8 +557,12 @@ class ViTVQModel(ViTVQPreTrainedModel):
                 f"`pixel_values` is {pixel_values.shape[2]}x{pixel_values.shape[3]}, the model expects "
                 f"{config.image_size}x{config.image_size}; resize with ViTVQImageProcessor."
             )
+        if not torch.compiler.is_compiling():  # reading the check's result back would break a compiled graph
+            check_finite_pixels(pixel_values)
+        return pixel_values.to(self.encoder.patch_embeddings.weight.dtype)
 
-    def _check_token_ids(self, token_ids: torch.Tensor) -> None:
+    def _prepare_token_ids(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Check the type, shape and range of `token_ids`; return them as int64."""
         config = self.config
         if not isinstance(token_ids, torch.Tensor):
             raise TypeError(f"`token_ids` must be a torch.Tensor of integers, got {type(token_ids)}.")
@@ -477,13 +576,16 @@ class ViTVQModel(ViTVQPreTrainedModel):
                 f"`token_ids` must have shape (batch_size, {', '.join(map(str, expected))}), "
                 f"got {tuple(token_ids.shape)}."
             )
+        token_ids = token_ids.long()  # compared with codebook_size in int64, not wrapped to a narrower dtype
         if torch.compiler.is_compiling():
-            return  # the range check reads values back, which would break a compiled graph
-        if token_ids.numel() and (token_ids.min() < 0 or token_ids.max() >= config.codebook_size):
+            return token_ids  # the range check reads values back, which would break a compiled graph
+        out_of_range = (token_ids < 0) | (token_ids >= config.codebook_size)
+        if out_of_range.any():
             raise ValueError(
-                f"`token_ids` must lie in [0, {config.codebook_size}), got values in "
-                f"[{token_ids.min().item()}, {token_ids.max().item()}]."
+                f"`token_ids` must lie in [0, {config.codebook_size}), got {int(out_of_range.sum())} id(s) outside "
+                f"it: {preview(token_ids[out_of_range].unique().tolist())}."
             )
+        return token_ids
 
 
 __all__ = ["ViTVQModel", "ViTVQPreTrainedModel", "ViTVQModelOutput"]

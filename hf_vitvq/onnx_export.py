@@ -28,14 +28,27 @@ class ViTVQEncodeGraph(nn.Module):
         return self.model.encode(pixel_values)
 
 
+def gather_valid_ids(token_ids: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """The same ids, read through a Gather from the table `arange(codebook_size)`, at index `codebook_size` (out of
+    its bounds) for every id outside [0, codebook_size): an exported graph's range check, since ONNX has no assertion
+    op. onnxruntime rejects the out-of-bounds index (the exporter writes a GatherND node: "invalid index found,
+    index = <codebook_size>"); without this, a negative id would index from the end of the codebook."""
+    table = torch.arange(codebook_size, device=token_ids.device)
+    in_range = (token_ids >= 0) & (token_ids < codebook_size)
+    return table[torch.where(in_range, token_ids, codebook_size)]
+
+
 class ViTVQDecodeGraph(nn.Module):
-    """`model.decode` as a module: what `encode` returns (token ids) -> (batch_size, C, H, W) pixels."""
+    """`model.decode` as a module: what `encode` returns (token ids) -> (batch_size, C, H, W) pixels; token ids
+    outside [0, codebook_size) make the exported graph fail (see [`gather_valid_ids`])."""
 
     def __init__(self, model: ViTVQModel) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        if not self.model.quantize.is_continuous:
+            token_ids = gather_valid_ids(token_ids, self.model.config.codebook_size)
         return self.model.decode(token_ids)
 
 
@@ -48,7 +61,11 @@ def export_onnx(
     [`ViTVQImageProcessor`] does, and returns `token_ids`: (batch_size, num_latent_tokens) int64 ids,
     (batch_size, num_latent_tokens, num_quantizers) for `quantizer_type="rvq"`, float32 latents
     (batch_size, num_latent_tokens, codebook_dim) for `"kl"`. The decoder graph takes `token_ids` and returns
-    `pixel_values`. Both compute what [`ViTVQModel.encode`] / `decode` compute.
+    `pixel_values`. Both compute what [`ViTVQModel.encode`] / `decode` compute, with these differences in input
+    checks (ONNX has no assertion op): the decoder graph rejects ids outside [0, codebook_size) by failing in
+    onnxruntime with "invalid index found, index = <codebook_size>" (whatever the bad id was); the
+    encoder graph does not check for NaN or infinite pixel values (such an image gets arbitrary ids, e.g. all 0),
+    so check inputs you do not trust (`numpy.isfinite(pixel_values).all()`) before running it.
 
     Args:
         model: the tokenizer; it is exported in eval mode on the CPU in float32 (the model itself is not changed).
@@ -97,4 +114,4 @@ def export_onnx(
     return paths
 
 
-__all__ = ["export_onnx", "ViTVQEncodeGraph", "ViTVQDecodeGraph", "ENCODER_FILE", "DECODER_FILE"]
+__all__ = ["export_onnx", "gather_valid_ids", "ViTVQEncodeGraph", "ViTVQDecodeGraph", "ENCODER_FILE", "DECODER_FILE"]

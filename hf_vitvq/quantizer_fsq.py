@@ -35,8 +35,10 @@ def fsq_quantize(latents: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
 
 
 def mixed_radix_basis(levels: torch.Tensor) -> torch.Tensor:
-    """Place values of the digits: (1, L_0, L_0 L_1, ...)."""
-    return torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), dim=0)
+    """Place values of the digits: (1, L_0, L_0 L_1, ...), the product of the levels below each digit (written as a
+    masked product, not `cumprod`, which the ONNX exporter cannot convert)."""
+    below = torch.ones(len(levels), len(levels), dtype=torch.bool, device=levels.device).tril(-1)  # (D, D): j < i
+    return torch.where(below, levels, 1).prod(dim=1)
 
 
 def fsq_codes_to_indices(codes: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:

@@ -256,7 +256,10 @@ class VectorQuantizer(Quantizer):
     @torch.no_grad()
     def maintain_codebook_(self, vectors: torch.Tensor) -> None:
         """Before a training lookup on (N, D) `vectors`: k-means init on the first batch; later, re-seed the dead
-        codes with rows of `vectors`, which then find them in this very lookup."""
+        codes with rows of `vectors`, which then find them in this very lookup. Both wait for a batch that holds
+        vectors (an empty one has none to draw from; under DDP, then, every process must have an empty batch)."""
+        if vectors.shape[0] == 0:
+            return
         if self.kmeans_done is not None and not self.kmeans_done:
             every_code = torch.ones(self.codebook_size, dtype=torch.bool, device=vectors.device)
             centroids = kmeans(vectors, rows_for(every_code, vectors), self.kmeans_iterations, self.use_l2_norm)
