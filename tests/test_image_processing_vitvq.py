@@ -12,7 +12,7 @@ import PIL.Image
 import pytest
 import torch
 
-from hf_vitvq.image_processing_vitvq import ViTVQImageProcessor
+from hf_vitvq.image_processing_vitvq import ViTVQImageProcessor, normalize_pixels, to_uint8
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_PATH = REPO / "hf_vitvq" / "image_processing_vitvq.py"
@@ -512,3 +512,84 @@ def test_for_config_maps_pixels_onto_the_config_range(value_range, expected):
     pixel_values = processor(image, return_tensors="pt").pixel_values
     assert (pixel_values.min().item(), pixel_values.max().item()) == pytest.approx(expected)
     assert np.array_equal(processor.postprocess(pixel_values, output_type="np")[0], image)
+
+
+# ------------------------------------------------------------------------------ input dtypes (float64, bfloat16)
+
+
+def test_float64_float16_bfloat16_and_float8_inputs():
+    image = torch.rand(3, 20, 30, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    processor = ViTVQImageProcessor.for_image_size(16)
+    reference = pixels(processor, image.float())
+    np.testing.assert_allclose(pixels(processor, image), reference, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(pixels(processor, image.numpy()), reference, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(pixels(processor, image.numpy().astype(np.float16)), reference, rtol=0, atol=2e-3)
+    # dtypes numpy lacks are read as float32: the same pixels as the tensor cast by hand
+    for dtype in (torch.bfloat16, torch.float8_e4m3fn, torch.float16):
+        low_precision = image.to(dtype)
+        np.testing.assert_array_equal(pixels(processor, low_precision), pixels(processor, low_precision.float()))
+    np.testing.assert_array_equal(pixels(processor, image.float().requires_grad_()), reference)
+
+
+def test_numpy_bfloat16_is_rejected_naming_the_dtype():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    with pytest.raises(TypeError, match="Unsupported image dtype bfloat16"):
+        ViTVQImageProcessor()(np.zeros((8, 8, 3), ml_dtypes.bfloat16))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"size": 0}, "positive"),
+        ({"crop_size": {"height": 4}}, "crop_size"),
+        ({"data_format": "channels_last"}, "channels-first"),
+        ({"image_std": [0.5, 0.5, 0.0], "do_normalize": False}, "non-zero"),  # checked even when the step is off
+    ],
+)
+def test_more_bad_settings_raise_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ViTVQImageProcessor(**kwargs)
+
+
+# ------------------------------------------------------------------- normalize_pixels / to_uint8 (tensor path)
+
+VALUE_RANGES = [(-1.0, 1.0), (0.0, 1.0), (-2.0, 6.0)]
+
+
+def config_processor(value_range: tuple[float, float], image_size: int = 16) -> ViTVQImageProcessor:
+    from types import SimpleNamespace
+
+    return ViTVQImageProcessor.for_config(SimpleNamespace(image_size=image_size, pixel_value_range=value_range))
+
+
+@pytest.mark.parametrize("value_range", VALUE_RANGES)
+def test_normalize_pixels_equals_the_processor_to_float32_rounding(value_range):
+    processor = config_processor(value_range)
+    image = random_uint8(16, 16, seed=11)
+    chw = torch.from_numpy(image).permute(2, 0, 1)[None]  # (1, 3, H, W) uint8
+    expected = processor(image, return_tensors="pt").pixel_values
+    ours = normalize_pixels(chw, value_range)
+    assert ours.dtype == torch.float32 and ours.shape == expected.shape
+    scale = max(abs(value) for value in value_range)
+    torch.testing.assert_close(ours, expected, rtol=1e-6, atol=1e-6 * scale)
+    unit = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(12))  # a float image in [0, 1]
+    expected = processor(unit, return_tensors="pt").pixel_values
+    torch.testing.assert_close(normalize_pixels(unit, value_range), expected, rtol=1e-6, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("value_range", VALUE_RANGES)
+def test_to_uint8_inverts_normalize_pixels_and_matches_postprocess(value_range):
+    levels = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16).expand(2, 3, 16, 16)
+    for dtype in (torch.float32, torch.float64):
+        restored = to_uint8(normalize_pixels(levels, value_range).to(dtype), value_range)
+        assert restored.dtype == torch.uint8
+        assert torch.equal(restored, levels)
+    low, high = value_range
+    noisy = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(13)) * (high - low) * 1.4 + low - 0.2
+    assert torch.equal(config_processor(value_range).postprocess(noisy, "pt"), to_uint8(noisy, value_range))
+    assert to_uint8(torch.tensor([low - 5.0, high + 5.0]), value_range).tolist() == [0, 255]  # clamped
+
+
+def test_normalize_pixels_rejects_other_integer_dtypes():
+    with pytest.raises(TypeError, match="must be uint8 .* got dtype torch.int16"):
+        normalize_pixels(torch.zeros(3, 2, 2, dtype=torch.int16), (-1.0, 1.0))
