@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import checkpointing
 import torch
 from conftest import REPO_ROOT
 from safetensors.torch import load_file
@@ -21,7 +22,7 @@ def test_two_processes_read_disjoint_shards_and_stay_in_sync(tmp_path, photo_pat
         shutil.copy(path, data_dir / path.name)
     output_dir = tmp_path / "run"
     argv = [*QUICK_RUN, "--train_data_dir", str(data_dir), "--validation_images", "8", "--output_dir", str(output_dir),
-            "--max_train_steps", "60", "--learning_rate", "3e-3", "--checkpointing_steps", "100",
+            "--max_train_steps", "60", "--learning_rate", "3e-3", "--checkpointing_steps", "60",
             "--validation_steps", "100", "--shuffle_buffer_size", "4"]  # fmt: skip
     # `accelerate launch --cpu --num_processes 2` silently starts one process; torchrun starts two synchronised ranks.
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -46,5 +47,11 @@ def test_two_processes_read_disjoint_shards_and_stay_in_sync(tmp_path, photo_pat
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
 
     assert len(losses_by_step(output_dir, "l2_loss")) == 60
+    # the main process hashed every process's files into the checkpoint's manifest, after all were written
+    checkpoint = output_dir / "checkpoint-60"
+    manifest = json.loads((checkpoint / checkpointing.MANIFEST_NAME).read_text())["files"]
+    per_process = {"data_state_rank0.json", "data_state_rank1.json", "random_states_0.pkl", "random_states_1.pkl"}
+    assert per_process <= set(manifest)
+    checkpointing.verify_checkpoint(checkpoint)
     validation = json.loads((tmp_path / "validation_l2.json").read_text())
     assert validation["after"] < 0.98 * validation["before"], validation  # 0.96 here: deterministic on CPU

@@ -150,9 +150,9 @@ def test_image_folder_stream_has_one_shard_per_file(tmp_path):
 
 
 def test_image_folder_holds_out_files_spread_over_it_that_no_process_trains_on(tmp_path):
-    train, validation = image_folder_streams(make_image_folder(tmp_path / "images", 12), num_validation=3)
+    train, validation, count = image_folder_streams(make_image_folder(tmp_path / "images", 12), num_validation=3)
     held_out = [example["name"] for example in validation]
-    assert held_out == ["img000.png", "img004.png", "img008.png"]
+    assert held_out == ["img000.png", "img004.png", "img008.png"] and count == 3
     epochs = {}
     for rank in (0, 1):  # a buffer of 1 shuffles only the order of the shards (files)
         stream = TrainingImageStream(train, "image", ViTVQImageProcessor.for_image_size(8), 8, seed=0, rank=rank,
@@ -266,8 +266,8 @@ def test_parquet_images_stream_and_hold_out_validation(tmp_path, streaming):
     dataset = dataset.cast_column("picture", datasets.Image())
     dataset.to_parquet(tmp_path / "images.parquet")
     data_args = parquet_args(str(tmp_path / "images.parquet"), validation_images=2, streaming=streaming)
-    train, validation, column = load_streams(data_args, resolution=8)  # map-style data is streamed in shards
-    assert column == "picture"
+    train, validation, column, count = load_streams(data_args, resolution=8)  # map-style data: streamed in shards
+    assert column == "picture" and count == 2
     assert [example["label"] for example in validation] == [0, 1]
     assert [example["label"] for example in train] == [2, 3, 4, 5]
 
@@ -283,7 +283,7 @@ def test_a_stream_in_one_shard_holds_out_validation_on_one_process_only(tmp_path
     with pytest.raises(ValueError, match="pass --validation_split, or --no_streaming"):
         load_streams(data_args, resolution=8, world_size=2)
     data_args.streaming = False  # map-style: rows are held out by index, on any number of processes
-    train, validation, _ = load_streams(data_args, resolution=8, world_size=2)
+    train, validation, _, _ = load_streams(data_args, resolution=8, world_size=2)
     assert len(list(validation)) == 2 and len(list(train)) == 2
 
 
@@ -297,7 +297,7 @@ def test_a_sharded_stream_holds_out_the_start_of_its_first_shard_on_every_proces
         dataset = datasets.Dataset.from_dict({"picture": images, "label": labels})
         dataset.cast_column("picture", datasets.Image()).to_parquet(tmp_path / f"part-{shard}.parquet")
     data_args = parquet_args(str(tmp_path / "part-*.parquet"), validation_images=2, streaming=True)
-    train, validation, column = load_streams(data_args, resolution=8, world_size=2)
+    train, validation, column, _ = load_streams(data_args, resolution=8, world_size=2)
     assert [example["label"] for example in validation] == [0, 1]
     assert train.n_shards == 4  # so that 2 processes still read 2 whole shards each
     per_rank = [
@@ -307,7 +307,7 @@ def test_a_sharded_stream_holds_out_the_start_of_its_first_shard_on_every_proces
     assert per_rank == [[2, 6, 7, 8], [3, 4, 5, 9, 10, 11]]
     # a shard holding fewer images than asked for: validation on what there is, and a warning that says so
     data_args.validation_images = 5
-    _, short_validation, _ = load_streams(data_args, resolution=8, world_size=2)
+    _, short_validation, _, _ = load_streams(data_args, resolution=8, world_size=2)
     processor = ViTVQImageProcessor(size={"height": 8, "width": 8})
     with caplog.at_level("WARNING"):
         batches = validation_batches(short_validation, column, processor, limit=5, batch_size=2)
@@ -369,7 +369,7 @@ def test_webdataset_shards_stream_with_detected_column_and_per_rank_shards(tmp_p
                     tar.addfile(info, io.BytesIO(data))
     _, data_args, _ = parse_args(["--dataset_name", "webdataset", "--data_files", str(tmp_path / "shard-*.tar"),
                                   "--validation_split", "train"])  # fmt: skip
-    train, _, column = load_streams(data_args, resolution=8)
+    train, _, column, _ = load_streams(data_args, resolution=8)
     assert column == "jpg"
     names = [
         set(next(TrainingImageStream(train, column, ViTVQImageProcessor.for_image_size(8), 8, seed=0, rank=rank,

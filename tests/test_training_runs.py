@@ -217,6 +217,7 @@ def test_resume_with_another_number_of_processes_is_refused(tmp_path):
     data_state = output_dir / "checkpoint-2" / "data_state_rank0.json"
     assert json.loads(data_state.read_text())["world_size"] == 1
     data_state.write_text(json.dumps({**json.loads(data_state.read_text()), "world_size": 2}))
+    checkpointing.write_manifest(data_state.parent)  # as if written by 2 processes, not damaged
     with pytest.raises(ValueError, match=r"written by 2 process\(es\), this run has 1"):
         run_in_process([*common, "--max_train_steps", "4", "--resume_from_checkpoint", "latest"])
 
@@ -231,7 +232,7 @@ def test_push_to_hub_sends_final_model_and_checkpoints_and_skips_bad_samples(tmp
     files = fake_hub.repos["org/tiny-tokenizer"]
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_vitvq.py",
                  "reconstructions.png", "checkpoints/checkpoint-4/model.safetensors",
-                 "checkpoints/checkpoint-4/optimizer.bin"):  # fmt: skip
+                 "checkpoints/checkpoint-4/optimizer.bin", "checkpoints/checkpoint-4/checksums.json"):  # fmt: skip
         assert name in files, name
     # the Hub keeps the checkpoints the output folder keeps: checkpoint-2 was deleted there too (in checkpoint-4's
     # commit, or in a deletion commit at the end if its upload was still running when checkpoint-4 was saved)
@@ -251,15 +252,15 @@ def test_push_to_hub_sends_final_model_and_checkpoints_and_skips_bad_samples(tmp
     assert json.loads(files["config.json"])["model_type"] == "vitvq"
     log = (output_dir / "train_log.jsonl").read_text()
     assert '"step": 4' in log
-    # every pass over the 13 training files meets the 3 bad ones: skipped, counted, reported, never fatal
-    skipped = re.search(r"Skipped (\d+) undecodable samples in all", caplog.text)
-    assert skipped is not None and int(skipped.group(1)) >= 3
+    # every pass over the 13 training files meets the 3 bad ones: skipped, counted once each, reported, never fatal
+    assert "Skipped 3 distinct undecodable training samples in all" in caplog.text
 
 
 def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
     """2 micro-batches of 4 per step give the weights of batches of 8: the same images in the same order, the loss
-    averaged by Accelerate (the default vq quantizer has no per-forward state such as EMA statistics)."""
-    common = [*QUICK_RUN, "--max_train_steps", "3", "--checkpointing_steps", "100", "--validation_steps", "100"]
+    averaged by Accelerate (with TiTok's codebook, which has no per-forward state such as EMA statistics)."""
+    common = [*QUICK_RUN, "--max_train_steps", "3", "--checkpointing_steps", "100", "--validation_steps", "100",
+              "--codebook_recipe", "preset"]  # fmt: skip
     run_in_process([*common, "--output_dir", str(tmp_path / "big"), "--train_batch_size", "8"])
     run_in_process([*common, "--output_dir", str(tmp_path / "accumulated"), "--train_batch_size", "4",
                     "--gradient_accumulation_steps", "2"])  # fmt: skip

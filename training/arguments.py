@@ -8,12 +8,40 @@ these flags; flags given on the command line override the file.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data import first_image_file
 from transformers import HfArgumentParser
+
+from hf_vitvq import ViTVQConfig
+
+logger = logging.getLogger(__name__)
+
+# Quantizer options that `--codebook_recipe` applies to a `vq` model built from a preset, under `--model_overrides`.
+# `ema_restart` is the recipe of benchmarks/collapse_ablation.py that keeps ~97% of the tiny preset's 1024 codes in
+# use: Euclidean codes moved by an EMA of their latents, codes unused for 50 steps re-seeded from the batch, gradients
+# through the rotation trick. `preset` keeps the preset's quantizer as it is: for S-128, B-64, L-32 and tiny, TiTok's
+# l2-normalised, gradient-trained codebook, which collapses to ~3% of the tiny preset's codes in that ablation.
+CODEBOOK_RECIPES: dict[str, dict[str, Any]] = {
+    "ema_restart": {
+        "use_l2_norm_codes": False,
+        "use_ema_codebook": True,
+        "dead_code_steps": 50,
+        "use_rotation_trick": True,
+    },
+    "preset": {},
+}
+# The longest warm-up that `--lr_warmup_steps` defaults to.
+DEFAULT_MAX_WARMUP_STEPS = 500
+
+
+def default_warmup_steps(max_train_steps: int) -> int:
+    """The warm-up when `--lr_warmup_steps` is not set: 10% of the run, at most 500 steps."""
+    return min(DEFAULT_MAX_WARMUP_STEPS, max_train_steps // 10)
 
 
 @dataclass
@@ -23,6 +51,16 @@ class ModelArguments:
     )
     model_overrides: str | None = field(
         default=None, metadata={"help": "JSON of config fields to override, e.g. '{\"codebook_size\": 512}'."}
+    )
+    codebook_recipe: str = field(
+        default="ema_restart",
+        metadata={
+            "help": "Quantizer options for a vq model built from a preset (under --model_overrides, which win): "
+            "ema_restart (Euclidean codes moved by an EMA, codes unused for 50 steps re-seeded, rotation trick: keeps "
+            "the codebook in use when training from scratch) or preset (the preset's quantizer as it is: for S-128, "
+            "B-64, L-32 and tiny TiTok's l2-normalised codebook, which collapses when the tiny preset trains from "
+            "scratch). Not applied to a config JSON, to other quantizer types, or to SimVQ."
+        },
     )
 
 
@@ -46,7 +84,13 @@ class DataArguments:
     validation_split: str | None = field(
         default=None, metadata={"help": "Split used for validation; else `validation_images` held out of the stream."}
     )
-    validation_images: int = field(default=32, metadata={"help": "Images used for validation."})
+    validation_images: int | None = field(
+        default=None,
+        metadata={
+            "help": "Images used for validation. Default: 32, or 10%% of a --train_data_dir's files or of a map-style "
+            "dataset's rows when that is fewer (at least 1)."
+        },
+    )
     streaming: bool = field(default=True, metadata={"help": "Stream the dataset instead of downloading it first."})
     shuffle_buffer_size: int = field(default=1000, metadata={"help": "Examples in the shuffle buffer (0: no shuffle)."})
     resolution: int | None = field(default=None, metadata={"help": "Training crop size; defaults to the model's."})
@@ -55,6 +99,10 @@ class DataArguments:
     random_flip: bool = field(default=True, metadata={"help": "Flip training images horizontally at random."})
     dataloader_num_workers: int = field(
         default=4, metadata={"help": "Threads that decode and crop training images (0: the training thread)."}
+    )
+    max_consecutive_decode_failures: int = field(
+        default=100,
+        metadata={"help": "Stop with an error after this many training samples in a row fail to decode."},
     )
 
 
@@ -72,7 +120,10 @@ class TrainingArguments:
     adam_epsilon: float = field(default=1e-8)
     max_grad_norm: float = field(default=1.0)
     lr_scheduler: str = field(default="cosine", metadata={"help": "Any `transformers.get_scheduler` name."})
-    lr_warmup_steps: int = field(default=500)
+    lr_warmup_steps: int | None = field(
+        default=None,
+        metadata={"help": "Steps of linear learning-rate warm-up. Default: 10%% of --max_train_steps, at most 500."},
+    )
     reconstruction_l1_weight: float = field(default=0.0)
     reconstruction_l2_weight: float = field(default=1.0)
     quantizer_loss_weight: float = field(default=1.0)
@@ -85,6 +136,13 @@ class TrainingArguments:
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint path."})
     validation_steps: int = field(default=500)
     logging_steps: int = field(default=10)
+    codebook_usage_warning: float = field(
+        default=0.1,
+        metadata={
+            "help": "Warn when the fraction of codes used over the model's usage_window of training steps falls below "
+            "this (checked every --logging_steps; 0 turns it off)."
+        },
+    )
     report_to: str = field(default="auto", metadata={"help": "auto (tensorboard when installed), none, all, ..."})
     push_to_hub: bool = field(default=False)
     hub_model_id: str | None = field(default=None)
@@ -97,6 +155,10 @@ class TrainingArguments:
             "queued are skipped), without it nothing is deleted from the repo."
         },
     )
+
+    def __post_init__(self) -> None:
+        if self.lr_warmup_steps is None:
+            self.lr_warmup_steps = default_warmup_steps(self.max_train_steps)
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)
@@ -147,6 +209,17 @@ def check_args(model_args: ModelArguments, data_args: DataArguments, training_ar
     """Raise a ValueError saying what to pass, before anything expensive starts."""
     if data_args.dataset_name and data_args.train_data_dir:
         raise ValueError("Pass either --dataset_name or --train_data_dir, not both.")
+    if data_args.train_data_dir is not None:
+        folder = Path(data_args.train_data_dir)
+        if not folder.is_dir():
+            raise ValueError(f"--train_data_dir {folder}: no such folder.")
+        if first_image_file(folder) is None:
+            raise ValueError(f"--train_data_dir {folder}: the folder holds no image files.")
+    if not training_args.learning_rate > 0:
+        raise ValueError(f"--learning_rate must be > 0, got {training_args.learning_rate}.")
+    if model_args.codebook_recipe not in CODEBOOK_RECIPES:
+        recipe = model_args.codebook_recipe
+        raise ValueError(f"--codebook_recipe must be one of {list(CODEBOOK_RECIPES)}, got {recipe!r}.")
     if training_args.push_to_hub and not training_args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id ORG/NAME.")
     if training_args.mixed_precision not in ("no", "fp16", "bf16"):
@@ -159,6 +232,20 @@ def check_args(model_args: ModelArguments, data_args: DataArguments, training_ar
                  "validation_steps", "logging_steps"):  # fmt: skip
         if getattr(training_args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(training_args, name)}.")
+    for name, value in (("validation_images", data_args.validation_images),
+                        ("max_consecutive_decode_failures", data_args.max_consecutive_decode_failures)):  # fmt: skip
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be >= 1, got {value}.")
+    if training_args.lr_warmup_steps < 0:
+        raise ValueError(f"--lr_warmup_steps must be >= 0, got {training_args.lr_warmup_steps}.")
+    if training_args.lr_warmup_steps >= training_args.max_train_steps:
+        logger.warning(
+            f"--lr_warmup_steps {training_args.lr_warmup_steps} >= --max_train_steps {training_args.max_train_steps}: "
+            f"the learning rate never reaches --learning_rate {training_args.learning_rate} (leave --lr_warmup_steps "
+            "unset for a warm-up of 10% of the run)."
+        )
+    if not 0 <= training_args.codebook_usage_warning <= 1:
+        raise ValueError(f"--codebook_usage_warning must be in [0, 1], got {training_args.codebook_usage_warning}.")
     if training_args.checkpoints_total_limit is not None and training_args.checkpoints_total_limit < 1:
         raise ValueError("--checkpoints_total_limit must be >= 1 (or left unset to keep every checkpoint).")
     if not 0 < training_args.ema_decay < 1:
@@ -170,3 +257,7 @@ def check_args(model_args: ModelArguments, data_args: DataArguments, training_ar
             raise ValueError(f"--model_overrides must be a JSON object: {error}") from error
         if not isinstance(overrides, dict):
             raise ValueError("--model_overrides must be a JSON object of config fields.")
+        try:
+            ViTVQConfig.check_field_names(overrides)
+        except ValueError as error:
+            raise ValueError(f"--model_overrides: {error}") from error

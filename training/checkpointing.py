@@ -1,13 +1,24 @@
-"""Checkpoint folders: `checkpoint-STEP`, written under a temporary name and renamed only once complete."""
+"""Checkpoint folders: `checkpoint-STEP`, written under a temporary name and renamed only once complete, with a
+manifest of the size and sha256 of each file (`checksums.json`) that resuming checks. Hashing reads every file once,
+at about 1 GB/s on one CPU core: a few seconds per checkpoint of a small model, 10-20 s for L-32 with its optimizer
+and EMA states, once when it is written and once when it is resumed."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 INCOMPLETE_SUFFIX = ".incomplete"
+MANIFEST_NAME = "checksums.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that does not exist, or whose files do not match its manifest."""
 
 
 def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
@@ -47,6 +58,107 @@ def publish(output_dir: str | Path, step: int) -> Path:
         shutil.rmtree(final)
     incomplete_dir(output_dir, step).rename(final)
     return final
+
+
+def file_sha256(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
+    """The sha256 hex digest of a file, read `chunk_bytes` at a time (checkpoint files can be gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def folder_manifest(folder: str | Path) -> dict[str, dict[str, Any]]:
+    """`{relative path: {"size": bytes, "sha256": hex digest}}` of every file under `folder` but the manifest."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() != MANIFEST_NAME)
+    return {
+        path.relative_to(folder).as_posix(): {"size": path.stat().st_size, "sha256": file_sha256(path)}
+        for path in files
+    }
+
+
+def write_manifest(folder: str | Path) -> Path:
+    """Write `checksums.json` (see `folder_manifest`) into the complete checkpoint `folder`; returns its path."""
+    path = Path(folder) / MANIFEST_NAME
+    path.write_text(json.dumps({"files": folder_manifest(folder)}, indent=1))
+    return path
+
+
+def manifest_mismatches(folder: str | Path) -> list[str] | None:
+    """What differs between `folder` and its manifest, one line per file (`NAME: missing`, `NAME: N bytes, the
+    manifest says M`, `NAME: sha256 differs from the manifest`); empty when every file matches, None when the folder
+    has no manifest (written before manifests were). Sizes are all checked before any file is hashed, so that a
+    truncated file is found without reading the others."""
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST_NAME
+    if not manifest_path.is_file():
+        return None
+    try:
+        expected = json.loads(manifest_path.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as error:
+        return [f"{MANIFEST_NAME}: unreadable ({error})"]
+    problems = []
+    for name, entry in expected.items():
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{name}: missing")
+        elif (size := path.stat().st_size) != entry["size"]:
+            problems.append(f"{name}: {size} bytes, the manifest says {entry['size']}")
+    if problems:
+        return problems
+    return [f"{name}: sha256 differs from the manifest" for name, entry in expected.items()
+            if file_sha256(folder / name) != entry["sha256"]]  # fmt: skip
+
+
+def verify_checkpoint(folder: str | Path) -> None:
+    """Check the checkpoint `folder` against its manifest (a folder without one passes: there is nothing to check it
+    against). Raises `CheckpointError` naming the folder and the files that differ, or saying that the folder does
+    not exist."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"Checkpoint {folder} does not exist (or is not a folder).")
+    if mismatches := manifest_mismatches(folder):
+        raise CheckpointError(f"Checkpoint {folder} is damaged: " + "; ".join(mismatches) + ".")
+
+
+def latest_intact_checkpoint(output_dir: str | Path) -> tuple[Path | None, dict[Path, str]]:
+    """(the newest checkpoint in `output_dir` that passes `verify_checkpoint`, or None; the newer ones that failed,
+    each with what is wrong). A checkpoint without a manifest counts as intact."""
+    damaged = {}
+    for folder in reversed(checkpoint_dirs(output_dir)):
+        try:
+            verify_checkpoint(folder)
+        except CheckpointError as error:
+            damaged[folder] = str(error)
+            continue
+        return folder, damaged
+    return None, damaged
+
+
+def drop_log_entries_after(path: str | Path, step: int) -> int:
+    """Remove from the JSON-lines log `path` (`train_log.jsonl`) the entries of steps after `step`, written by a run
+    that went further than the checkpoint now resumed, and lines a crash left half-written; returns how many lines
+    were removed. The log is rewritten under a temporary name, then renamed."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if (entry_step := _logged_step(line)) is not None and entry_step <= step]
+    if len(kept) < len(lines):
+        partial = path.with_name(path.name + INCOMPLETE_SUFFIX)
+        partial.write_text("".join(line if line.endswith("\n") else line + "\n" for line in kept))
+        partial.replace(path)
+    return len(lines) - len(kept)
+
+
+def _logged_step(line: str) -> int | None:
+    """The `step` of one log line, or None when the line is not a complete JSON entry."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def remove_incomplete(output_dir: str | Path) -> list[Path]:

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import datasets
 import numpy as np
@@ -32,6 +32,7 @@ from datasets import Image as ImageFeature
 from datasets.distributed import split_dataset_by_node
 
 from hf_vitvq import ViTVQImageProcessor
+from hf_vitvq.image_processing_vitvq import to_rgb_array
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 # Held-out photos of the embedded default (scikit-image's sample photos); the rest are for training.
 EMBEDDED_VALIDATION_PHOTOS = ("chelsea", "coffee")
 EMBEDDED_FEATURES = Features({"image": ImageFeature(decode=False), "name": datasets.Value("string")})
+# Validation images when `--validation_images` is not set (fewer for small datasets: `default_validation_images`).
+DEFAULT_VALIDATION_IMAGES = 32
 
 
 # ---------------------------------------------------------------------------------------------- sources
@@ -49,9 +52,19 @@ def _read_files(paths: list[str]) -> Iterator[dict[str, Any]]:
         yield {"image": {"bytes": Path(path).read_bytes(), "path": path}, "name": Path(path).name}
 
 
+def _image_paths(folder: str | Path) -> Iterator[Path]:
+    """The image files under `folder` (recursively), in the order the file system lists them."""
+    return (path for path in Path(folder).rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def first_image_file(folder: str | Path) -> Path | None:
+    """One image file under `folder` (the first found: the folder is not listed in full), or None."""
+    return next(_image_paths(folder), None)
+
+
 def image_files(folder: str | Path) -> list[str]:
     """The image files under `folder` (recursively), sorted by path."""
-    files = sorted(str(p) for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(str(path) for path in _image_paths(folder))
     if not files:
         raise ValueError(f"--train_data_dir {folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
     return files
@@ -69,26 +82,40 @@ def image_folder_stream(folder: str | Path) -> IterableDataset:
     return file_stream(image_files(folder))
 
 
-def check_hold_out(num_validation: int, source: str, available: int, hint: str = "") -> None:
-    """Raise unless holding out `num_validation` of the `available` examples of `source` leaves some to train on."""
+def default_validation_images(available: int | None) -> int:
+    """The validation images when `--validation_images` is not set: 32, or 10% of the `available` examples (at least
+    1) when that is fewer; 32 when their number is not known (a stream)."""
+    if available is None:
+        return DEFAULT_VALIDATION_IMAGES
+    return min(DEFAULT_VALIDATION_IMAGES, max(1, available // 10))
+
+
+def hold_out_count(requested: int | None, source: str, available: int, hint: str = "") -> int:
+    """How many of the `available` examples of `source` to hold out for validation: `requested`, or by default
+    `default_validation_images(available)`. Raises unless that leaves some to train on."""
+    num_validation = default_validation_images(available) if requested is None else requested
     if not 0 < num_validation < available:
         raise ValueError(
             f"--validation_images {num_validation}: {source}; at least one must be held out for validation and one "
             f"left for training{hint}."
         )
+    return num_validation
 
 
-def image_folder_streams(folder: str | Path, num_validation: int) -> tuple[IterableDataset, IterableDataset]:
-    """(train, validation) streams of the image files under `folder`: `num_validation` files spread evenly over the
-    sorted list (a folder sorted by class validates on every class) are held out; the others train. Split by file
-    list, not by `take` / `skip` on one stream: a skipped stream can no longer shuffle its shard order, and
-    `skip` before the per-process split would skip other files on every process."""
+def image_folder_streams(
+    folder: str | Path, num_validation: int | None = None
+) -> tuple[IterableDataset, IterableDataset, int]:
+    """(train stream, validation stream, number of validation files) of the image files under `folder`:
+    `num_validation` files (default: `default_validation_images`) spread evenly over the sorted list (a folder sorted
+    by class validates on every class) are held out; the others train. Split by file list, not by `take` / `skip` on
+    one stream: a skipped stream can no longer shuffle its shard order, and `skip` before the per-process split would
+    skip other files on every process."""
     files = image_files(folder)
-    check_hold_out(num_validation, f"{folder} has {len(files)} image files", len(files))
+    num_validation = hold_out_count(num_validation, f"{folder} has {len(files)} image files", len(files))
     held_out = {index * len(files) // num_validation for index in range(num_validation)}
     validation = [path for index, path in enumerate(files) if index in held_out]
     train = [path for index, path in enumerate(files) if index not in held_out]
-    return file_stream(train), file_stream(validation)
+    return file_stream(train), file_stream(validation), num_validation
 
 
 @cache
@@ -189,23 +216,32 @@ def as_stream(dataset: datasets.Dataset | IterableDataset) -> IterableDataset:
     return dataset
 
 
-def load_streams(data_args: Any, resolution: int, world_size: int = 1) -> tuple[IterableDataset, IterableDataset, str]:
-    """(train stream, validation stream, image column) for the data arguments of `train.py`, run on `world_size`
-    processes.
+class TrainingData(NamedTuple):
+    """What `load_streams` returns: the streams, the column holding the images, and how many validation images to
+    read from `validation` (its first ones)."""
 
-    Validation comes from `--validation_split` when given; otherwise `--validation_images` examples are held out of
-    the training data: whole files spread over a `--train_data_dir`, the first rows of a map-style dataset, the
-    first examples of the first shard of a streamed dataset (`--streaming`; see `hold_out_first_shard`). A stream in
-    one shard holds out its first examples with `take` / `skip`, which works on one process only (on more, each
-    process would skip its own first examples and the others would train on the held-out ones): there, pass
-    `--validation_split`.
+    train: IterableDataset
+    validation: IterableDataset
+    image_column: str
+    validation_images: int
+
+
+def load_streams(data_args: Any, resolution: int, world_size: int = 1) -> TrainingData:
+    """The training and validation streams for the data arguments of `train.py`, run on `world_size` processes.
+
+    Validation comes from `--validation_split` when given; otherwise `--validation_images` examples (default:
+    `default_validation_images`) are held out of the training data: whole files spread over a `--train_data_dir`,
+    the first rows of a map-style dataset, the first examples of the first shard of a streamed dataset
+    (`--streaming`; see `hold_out_first_shard`). A stream in one shard holds out its first examples with `take` /
+    `skip`, which works on one process only (on more, each process would skip its own first examples and the
+    others would train on the held-out ones): there, pass `--validation_split`.
     """
     if data_args.dataset_name is None and data_args.train_data_dir is None:
         train, validation = embedded_streams(resolution)
-        return train, validation, "image"
+        return TrainingData(train, validation, "image", data_args.validation_images or DEFAULT_VALIDATION_IMAGES)
     if data_args.train_data_dir is not None:
-        train, validation = image_folder_streams(data_args.train_data_dir, data_args.validation_images)
-        return train, validation, "image"
+        train, validation, num_validation = image_folder_streams(data_args.train_data_dir, data_args.validation_images)
+        return TrainingData(train, validation, "image", num_validation)
 
     def load(split: str) -> datasets.Dataset | IterableDataset:
         return datasets.load_dataset(
@@ -218,12 +254,14 @@ def load_streams(data_args: Any, resolution: int, world_size: int = 1) -> tuple[
 
     train = load(data_args.train_split)
     image_column = find_image_column(train.features, data_args.image_column)
-    num_validation = data_args.validation_images
+    num_validation = data_args.validation_images or DEFAULT_VALIDATION_IMAGES
     if data_args.validation_split is not None:
         validation = load(data_args.validation_split)
     elif isinstance(train, datasets.Dataset):
         source = f"the {data_args.train_split!r} split has {len(train)} rows"
-        check_hold_out(num_validation, source, len(train), hint=" (or pass --validation_split)")
+        num_validation = hold_out_count(
+            data_args.validation_images, source, len(train), hint=" (or pass --validation_split)"
+        )
         validation, train = train.select(range(num_validation)), train.select(range(num_validation, len(train)))
     elif train.n_shards > 1:
         train, validation = hold_out_first_shard(train, num_validation)
@@ -235,7 +273,7 @@ def load_streams(data_args: Any, resolution: int, world_size: int = 1) -> tuple[
         )
     else:
         validation, train = train.take(num_validation), train.skip(num_validation)
-    return as_stream(train), as_stream(validation), image_column
+    return TrainingData(as_stream(train), as_stream(validation), image_column, num_validation)
 
 
 # ---------------------------------------------------------------------------------------------- decoding
@@ -243,7 +281,9 @@ def load_streams(data_args: Any, resolution: int, world_size: int = 1) -> tuple[
 
 def decode_image(value: Any) -> PIL.Image.Image | None:
     """An RGB PIL image from a dataset value (undecoded `{"bytes", "path"}`, a PIL image, or raw bytes), or None
-    when it cannot be decoded (truncated file, zero bytes, not an image)."""
+    when it cannot be decoded (truncated file, zero bytes, not an image, pixel values out of range). Converted to RGB
+    by the image processor's `to_rgb_array` (16-bit data scaled, transparency composited on white); high-precision
+    pixels (16-bit, float) are then rounded to 8 bits, since the training stream crops PIL images."""
     try:
         if isinstance(value, PIL.Image.Image):
             image = value
@@ -256,7 +296,8 @@ def decode_image(value: Any) -> PIL.Image.Image | None:
         else:
             return None
         image.load()  # decode now: a truncated file fails here, not later in the batch
-        return image.convert("RGB")
+        rgb = to_rgb_array(image)
+        return PIL.Image.fromarray(rgb if rgb.dtype == np.uint8 else np.rint(rgb).astype(np.uint8))
     except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError):
         return None
 
@@ -298,7 +339,7 @@ class StreamPosition:
 
     epoch: int = 0
     examples_in_epoch: int = 0
-    skipped_examples: int = 0  # undecodable samples so far, all epochs
+    skipped_examples: int = 0  # distinct undecodable samples so far (those of the first epoch: see `_record_skip`)
     skipped_names: list[str] = field(default_factory=list)  # the first few, for the report
 
     def to_dict(self) -> dict[str, Any]:
@@ -361,6 +402,8 @@ class TrainingImageStream:
         rank, world_size: this process and the number of processes; each reads a disjoint part.
         shuffle_buffer_size: 0 disables shuffling.
         crop_scale, flip: RandomResizedCrop area range and horizontal flips.
+        max_consecutive_failures: raise after this many samples in a row fail to decode (a stream of no images at
+            all would otherwise loop forever).
     """
 
     def __init__(
@@ -375,6 +418,7 @@ class TrainingImageStream:
         shuffle_buffer_size: int = 1000,
         crop_scale: tuple[float, float] = (0.8, 1.0),
         flip: bool = True,
+        max_consecutive_failures: int = 100,
     ) -> None:
         features = dataset.features
         if features is not None and image_column in features and isinstance(features[image_column], ImageFeature):
@@ -389,6 +433,9 @@ class TrainingImageStream:
         self.rank = rank
         self.crop_scale = crop_scale
         self.flip = flip
+        self.max_consecutive_failures = max_consecutive_failures
+        self.failures_in_a_row = 0  # undecodable samples since the last decodable one
+        self.first_failures: list[str] = []  # the names of the first few of them
         self.position = StreamPosition()
 
     def _examples(self) -> Iterator[tuple[Any, str, int, int]]:
@@ -435,8 +482,9 @@ class TrainingImageStream:
                     raw = [next(examples) for _ in range(batch_size - len(crops))]
                     for example, crop in zip(raw, prepare(self._decode_and_augment, raw), strict=True):
                         if crop is None:
-                            self._record_skip(example[1])
+                            self._record_skip(example[1], epoch=example[2])
                         else:
+                            self.failures_in_a_row, self.first_failures = 0, []
                             crops.append(crop)
                             names.append(example[1])
                 pixel_values = self.processor(
@@ -444,7 +492,21 @@ class TrainingImageStream:
                 ).pixel_values
                 yield TrainingBatch(pixel_values, names, copy.deepcopy(self.position.to_dict()))
 
-    def _record_skip(self, name: str) -> None:
+    def _record_skip(self, name: str, epoch: int) -> None:
+        """Count an undecodable sample of `epoch`, warn about it, and raise once `max_consecutive_failures` samples
+        in a row failed. Each sample is counted and named once: in the first epoch, in which the processes together read
+        every sample once (decoding is deterministic: the later epochs fail on the same samples)."""
+        self.failures_in_a_row += 1
+        if len(self.first_failures) < 5:
+            self.first_failures.append(name)
+        if self.failures_in_a_row >= self.max_consecutive_failures:
+            raise ValueError(
+                f"{self.failures_in_a_row} training samples in a row could not be decoded on process {self.rank} "
+                f"(e.g. {', '.join(self.first_failures)}): check the data and --image_column, or raise "
+                "--max_consecutive_decode_failures."
+            )
+        if epoch > 0:
+            return
         self.position.skipped_examples += 1
         if len(self.position.skipped_names) < 20:
             self.position.skipped_names.append(name)

@@ -5,8 +5,9 @@
         --dataset_name ILSVRC/imagenet-1k --output_dir outputs/l32
 
 Resumes exactly after a crash with `--resume_from_checkpoint latest` (model, optimizer, scheduler, scaler, EMA,
-random states and the position in the shuffled data stream). The result, `OUTPUT_DIR/final`, loads with
-`AutoModel.from_pretrained`. See `training/arguments.py` for every flag.
+random states and the position in the shuffled data stream), from the newest checkpoint whose files match their
+checksums. The result, `OUTPUT_DIR/final`, loads with `AutoModel.from_pretrained`. See `training/arguments.py` for
+every flag.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
@@ -33,7 +34,7 @@ from transformers import AutoModel, get_scheduler
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import checkpointing  # noqa: E402
-from arguments import DataArguments, ModelArguments, TrainingArguments, parse_args  # noqa: E402
+from arguments import CODEBOOK_RECIPES, DataArguments, ModelArguments, TrainingArguments, parse_args  # noqa: E402
 from data import TrainingImageStream, load_streams, prefetch, validation_batches  # noqa: E402
 from evaluation import evaluate_reconstruction, save_validation_grid  # noqa: E402
 from losses import LossWeights, TokenizerLoss  # noqa: E402
@@ -85,19 +86,32 @@ def ema_of_floats(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tens
     return update
 
 
+def codebook_recipe(name: str, config: ViTVQConfig) -> dict[str, Any]:
+    """The quantizer options that `--codebook_recipe name` sets on `config`: `CODEBOOK_RECIPES[name]` for a `vq`
+    quantizer, none for other quantizer types and SimVQ (whose codes exclude EMA updates and restarts)."""
+    if config.quantizer_type != "vq" or config.use_simvq:
+        return {}
+    return CODEBOOK_RECIPES[name]
+
+
 def build_config(model_args: ModelArguments, resolution: int | None) -> ViTVQConfig:
-    """The model config from a preset name or a config JSON, with `--model_overrides` and `--resolution` applied."""
+    """The model config from a preset name (with `--codebook_recipe`'s quantizer options) or a config JSON, with
+    `--model_overrides` (which win over the recipe) and `--resolution` applied."""
     overrides = json.loads(model_args.model_overrides) if model_args.model_overrides else {}
     if resolution is not None:
         overrides["image_size"] = resolution
     if model_args.model_config in ViTVQConfig.presets():
-        return ViTVQConfig.from_preset(model_args.model_config, **overrides)
+        config = ViTVQConfig.from_preset(model_args.model_config, **overrides)
+        if recipe := codebook_recipe(model_args.codebook_recipe, config):
+            config = ViTVQConfig.from_preset(model_args.model_config, **{**recipe, **overrides})
+        return config
     path = Path(model_args.model_config)
     if not path.exists():
         raise ValueError(
             f"--model_config {model_args.model_config!r} is neither a preset ({ViTVQConfig.presets()}) nor a file."
         )
-    return ViTVQConfig.from_pretrained(path, **overrides)
+    # from_base, not from_pretrained(path, **overrides): that would drop misspelt keys silently and skip the checks
+    return ViTVQConfig.from_base(ViTVQConfig.get_config_dict(path)[0], **overrides)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -161,12 +175,10 @@ class Trainer:
         self.processor = ViTVQImageProcessor.for_config(self.config)
 
         # Data before the model: a dataset without a usable image column fails here, before any work.
-        train_stream, validation_stream, image_column = load_streams(
-            data_args, self.resolution, world_size=self.accelerator.num_processes
-        )
+        data = load_streams(data_args, self.resolution, world_size=self.accelerator.num_processes)
         self.stream = TrainingImageStream(
-            train_stream,
-            image_column,
+            data.train,
+            data.image_column,
             self.processor,
             self.resolution,
             seed=args.seed,
@@ -175,11 +187,12 @@ class Trainer:
             shuffle_buffer_size=data_args.shuffle_buffer_size,
             crop_scale=(data_args.random_crop_scale_min, data_args.random_crop_scale_max),
             flip=data_args.random_flip,
+            max_consecutive_failures=data_args.max_consecutive_decode_failures,
         )
         self.validation = []
         if self.accelerator.is_main_process:
             self.validation = validation_batches(
-                validation_stream, image_column, self.processor, data_args.validation_images, args.train_batch_size
+                data.validation, data.image_column, self.processor, data.validation_images, args.train_batch_size
             )
 
         model = ViTVQModel(self.config)
@@ -207,6 +220,8 @@ class Trainer:
         )
         self.stream_state_at_step = self.stream.state_dict()
         self.quantizer_state_at_step = self.quantizer_state()
+        self.first_step = 0  # where this run started (after resuming)
+        self.usage_is_low = False  # whether the last check found the codebook usage under --codebook_usage_warning
         self.checkpoint_pusher = None
         if args.push_to_hub and args.hub_push_checkpoints and self.accelerator.is_main_process:
             from hub import CheckpointPusher
@@ -224,7 +239,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self) -> Path:
-        """Write `checkpoint-STEP` under a temporary name, rename it when every process is done, prune."""
+        """Write `checkpoint-STEP` under a temporary name and, when every process is done, its manifest of checksums
+        (main process); then rename it and prune."""
         step = self.progress.global_step
         accelerator = self.accelerator
         tmp = checkpointing.incomplete_dir(self.output_dir, step)
@@ -234,6 +250,7 @@ class Trainer:
         accelerator.wait_for_everyone()
         final = tmp.with_name(f"checkpoint-{step}")
         if accelerator.is_main_process:
+            checkpointing.write_manifest(tmp)  # every process's files are complete: hash them before the rename
             pusher = self.checkpoint_pusher
             if pusher is not None:  # re-saving a step (a non-finite loss right after a checkpoint): upload over first
                 pusher.wait([final])
@@ -255,19 +272,51 @@ class Trainer:
         for removed in surplus:
             logger.info(f"Removed old checkpoint {removed}")
 
+    def choose_checkpoint(self, requested: str) -> tuple[str | None, str | None]:
+        """(the checkpoint to resume from, or None to start from scratch; an error that stops the run, or None) for
+        `--resume_from_checkpoint requested`, checked against its manifest: a named checkpoint must match it, `latest`
+        is the newest checkpoint that does, with a warning for each newer one that does not. Main process only: it
+        deletes half-written folders and hashes the files."""
+        for stale in checkpointing.remove_incomplete(self.output_dir):
+            logger.warning(f"Removed incomplete checkpoint {stale} (the previous run stopped while writing it)")
+        if requested == "latest":
+            path, damaged = checkpointing.latest_intact_checkpoint(self.output_dir)
+            for problem in damaged.values():
+                logger.warning(f"{problem} Resuming from an older checkpoint instead.")
+            if path is None and damaged:
+                return None, (
+                    f"--resume_from_checkpoint latest: no intact checkpoint in {self.output_dir} (see the warnings "
+                    "above). Delete the damaged ones, or leave out --resume_from_checkpoint, to start from scratch."
+                )
+        else:
+            path = Path(requested)
+            try:
+                checkpointing.verify_checkpoint(path)
+            except checkpointing.CheckpointError as error:
+                return None, f"--resume_from_checkpoint {requested}: {error}"
+        if path is not None and not (path / checkpointing.MANIFEST_NAME).is_file():
+            logger.warning(
+                f"{path} has no {checkpointing.MANIFEST_NAME} (it was written by an older version): its files could "
+                "not be verified."
+            )
+        return (None if path is None else str(path)), None
+
     def resume(self) -> None:
-        """Load `--resume_from_checkpoint` (a path, or `latest` in `output_dir`)."""
+        """Load `--resume_from_checkpoint` (a path, or `latest` in `output_dir`: see `choose_checkpoint`), and drop
+        the entries of `train_log.jsonl` after its step."""
         requested = self.args.resume_from_checkpoint
         if requested is None:
             return
+        choice: list[str | None] = [None, None]
         if self.accelerator.is_main_process:
-            for stale in checkpointing.remove_incomplete(self.output_dir):
-                logger.warning(f"Removed incomplete checkpoint {stale} (the previous run stopped while writing it)")
-        self.accelerator.wait_for_everyone()
-        path = checkpointing.latest_checkpoint(self.output_dir) if requested == "latest" else Path(requested)
+            choice = list(self.choose_checkpoint(requested))
+        path, error = broadcast_object_list(choice)  # every process resumes from the same one, or stops
+        if error is not None:
+            raise checkpointing.CheckpointError(error)
         if path is None:
             logger.info(f"No checkpoint in {self.output_dir}: starting from scratch.")
             return
+        path = Path(path)
         num_processes = self.accelerator.num_processes
         stream_file = path / f"data_state_rank{self.accelerator.process_index}.json"
         stream_state = json.loads(stream_file.read_text()) if stream_file.is_file() else {}
@@ -277,11 +326,18 @@ class Trainer:
                 f"{path} was written by {written_by or 'fewer'} process(es), this run has {num_processes}: each "
                 "process resumes its own part of the data stream, so resume with the number that wrote it."
             )
-        self.accelerator.load_state(str(path))
+        try:
+            self.accelerator.load_state(str(path))
+        except Exception as error:  # e.g. a truncated file in a checkpoint without a manifest
+            raise checkpointing.CheckpointError(f"Could not load checkpoint {path}: {error}") from error
         self.stream.load_state_dict(stream_state)
         self.stream_state_at_step = self.stream.state_dict()
         self.quantizer_state_at_step = self.quantizer_state()
-        logger.info(f"Resumed from {path} at step {self.progress.global_step}")
+        step, log_path = self.progress.global_step, self.output_dir / "train_log.jsonl"
+        if self.accelerator.is_main_process and (dropped := checkpointing.drop_log_entries_after(log_path, step)):
+            logger.info(f"Dropped {dropped} lines of later steps from {log_path}")
+        self.accelerator.wait_for_everyone()
+        logger.info(f"Resumed from {path} at step {step}")
 
     # ------------------------------------------------------------------------------------------ steps
 
@@ -358,6 +414,7 @@ class Trainer:
             accelerator.init_trackers("vitvq", config=tracker_config(args))
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.resume()
+        self.first_step = self.progress.global_step
         self.log_start()
         progress_bar = tqdm(
             total=args.max_train_steps,
@@ -370,26 +427,28 @@ class Trainer:
         started, images_at_start = time.perf_counter(), self.progress.images_seen
         # Batches are decoded in threads and prepared ahead while the model trains on the current one.
         batches = prefetch(self.stream.batches(args.train_batch_size, self.data_args.dataloader_num_workers))
-        while self.progress.global_step < args.max_train_steps:
-            batch = next(batches)
-            logs = self.train_step(batch.pixel_values.to(accelerator.device), batch.position)
-            if logs is None:
-                continue
-            step = self.progress.global_step
-            images_per_second = (self.progress.images_seen - images_at_start) / (time.perf_counter() - started)
-            progress_bar.update(1)
-            progress_bar.set_postfix(
-                loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{images_per_second:.1f}"
-            )
-            if step % args.logging_steps == 0 or step == args.max_train_steps:
-                self.log_train({**logs, "images_per_second": images_per_second})
-            if step % args.checkpointing_steps == 0:
-                self.save_checkpoint()
-            if step % args.validation_steps == 0 or step == args.max_train_steps:
-                self.model.eval()
-                metrics = self.validate()
-                self.model.train()
-        batches.close()
+        try:
+            while self.progress.global_step < args.max_train_steps:
+                batch = next(batches)
+                logs = self.train_step(batch.pixel_values.to(accelerator.device), batch.position)
+                if logs is None:
+                    continue
+                step = self.progress.global_step
+                images_per_second = (self.progress.images_seen - images_at_start) / (time.perf_counter() - started)
+                progress_bar.update(1)
+                progress_bar.set_postfix(
+                    loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{images_per_second:.1f}"
+                )
+                if step % args.logging_steps == 0 or step == args.max_train_steps:
+                    self.log_train({**logs, "images_per_second": images_per_second})
+                if step % args.checkpointing_steps == 0:
+                    self.save_checkpoint()
+                if step % args.validation_steps == 0 or step == args.max_train_steps:
+                    self.model.eval()
+                    metrics = self.validate()
+                    self.model.train()
+        finally:  # stops the prefetching thread, also after an error
+            batches.close()
         progress_bar.close()
         self.report_skipped()
         return metrics
@@ -403,6 +462,8 @@ class Trainer:
         health = self.accelerator.unwrap_model(self.model).codebook_health()
         histogram = health.pop("code_frequency", None)
         logs = {**logs, **{name: value.item() for name, value in health.items()}}
+        if "codebook_usage" in logs:
+            self.check_codebook_usage(logs["codebook_usage"])
         self.accelerator.log({f"train/{name}": value for name, value in logs.items()}, step=step)
         for tracker in self.accelerator.trackers:
             if tracker.name == "tensorboard" and histogram is not None:
@@ -410,6 +471,19 @@ class Trainer:
         if self.accelerator.is_main_process:
             with (self.output_dir / "train_log.jsonl").open("a") as log_file:
                 log_file.write(json.dumps({"step": step, **logs}) + "\n")
+
+    def check_codebook_usage(self, usage: float) -> None:
+        """Warn when the fraction of codes used over the model's usage window falls below `--codebook_usage_warning`,
+        once this run has trained for a whole window: once per stretch of low usage, not at every check."""
+        threshold, window = self.args.codebook_usage_warning, self.config.usage_window
+        is_low = usage < threshold and self.progress.global_step - self.first_step >= window
+        if is_low and not self.usage_is_low:
+            logger.warning(
+                f"Step {self.progress.global_step}: only {usage:.1%} of the {self.config.codebook_size} codes were "
+                f"used in the last {window} steps (--codebook_usage_warning {threshold}): the codebook is collapsing. "
+                "--codebook_recipe ema_restart re-seeds unused codes."
+            )
+        self.usage_is_low = is_low
 
     def log_start(self) -> None:
         config, args, accelerator = self.config, self.args, self.accelerator
@@ -428,12 +502,15 @@ class Trainer:
         )
 
     def report_skipped(self) -> None:
-        position = self.stream_state_at_step  # what training consumed, not what was prefetched
-        counts = torch.tensor([position["skipped_examples"]], device=self.accelerator.device)
+        """Log how many distinct training samples failed to decode, on all processes together (each counted once,
+        however many epochs met it, and those of the batches read ahead of training too)."""
+        position = self.stream.position  # what was read, prefetched batches included
+        counts = torch.tensor([position.skipped_examples], device=self.accelerator.device)
         total = int(self.accelerator.reduce(counts, reduction="sum").item())
         if total:
-            names = ", ".join(position["skipped_names"][:5])
-            logger.warning(f"Skipped {total} undecodable samples in all (e.g. on this process: {names}).")
+            names = ", ".join(position.skipped_names[:5])
+            examples = f" (e.g. on this process: {names})" if names else ""
+            logger.warning(f"Skipped {total} distinct undecodable training samples in all{examples}.")
             self.accelerator.log({"train/skipped_samples": total}, step=self.progress.global_step)
 
     def finish_pushes(self) -> None:
