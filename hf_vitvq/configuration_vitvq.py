@@ -26,17 +26,19 @@ class TransformerSizes:
     intermediate_size: int
 
 
-# The published TiTok widths: small / base / large ViTs (arXiv 2406.07550, Table 1).
-_VIT_SIZES: dict[str, dict[str, int]] = {
-    "S": {"hidden_size": 512, "num_hidden_layers": 8, "num_attention_heads": 8},
-    "B": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12},
-    "L": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16},
+# TiTok's ViT sizes by the names its configs use: (width, layers, heads); the MLP ratio is 4 throughout
+# (arXiv 2406.07550, Table 1). The S / B / L presets and the checkpoint converter both read this table.
+TITOK_VIT_SIZES: dict[str, tuple[int, int, int]] = {
+    "small": (512, 8, 8),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
 }
 
 
 def _symmetric(size: str, num_latent_tokens: int) -> dict[str, Any]:
     """A TiTok preset: the same ViT size for encoder and decoder, 4096 x 12 l2-normalised codes."""
-    vit = _VIT_SIZES[size]
+    width, layers, heads = TITOK_VIT_SIZES[size]
+    vit = {"hidden_size": width, "num_hidden_layers": layers, "num_attention_heads": heads}
     return {
         "image_size": 256,
         "patch_size": 16,
@@ -116,9 +118,9 @@ def derive_codebook_shape(
 DECODER_HEADS = ("pixels", "maskgit_vqgan")
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "S-128": _symmetric("S", 128),
-    "B-64": _symmetric("B", 64),
-    "L-32": _symmetric("L", 32),
+    "S-128": _symmetric("small", 128),
+    "B-64": _symmetric("base", 64),
+    "L-32": _symmetric("large", 32),
     # The training config of the seed project simple-1d-tokenizer: one-layer ViTs, Euclidean codes.
     "seed": {
         "image_size": 256,

@@ -23,16 +23,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from .configuration_vitvq import ViTVQConfig
+from .configuration_vitvq import TITOK_VIT_SIZES, ViTVQConfig
 from .image_processing_vitvq import ViTVQImageProcessor
 from .modeling_vitvq import ViTVQModel
-
-# TiTok's ViT sizes by name: (width, layers, heads); the MLP ratio is 4 throughout (arXiv 2406.07550, Table 1).
-TITOK_MODEL_SIZES: dict[str, tuple[int, int, int]] = {
-    "small": (512, 8, 8),
-    "base": (768, 12, 12),
-    "large": (1024, 24, 16),
-}
 
 # The MaskGIT-VQGAN pixel decoder of the two-stage models: config field -> (official config key, official value).
 # The released configs carry none of these keys; they are read when present, for models built at other sizes.
@@ -217,7 +210,7 @@ def config_from_titok(
     patch_size = _get(vq, "vit_enc_patch_size", where)
     if _get(vq, "vit_dec_patch_size", where) != patch_size:
         raise ValueError(f"Encoder and decoder patch sizes differ ({patch_size} vs {vq['vit_dec_patch_size']}).")
-    model_sizes = {**TITOK_MODEL_SIZES, **(extra_model_sizes or {})}
+    model_sizes = {**TITOK_VIT_SIZES, **(extra_model_sizes or {})}
     # Defaults of missing keys are the official code's.
     quantize_mode = vq.get("quantize_mode", "vq")
     is_legacy = vq.get("is_legacy", True)

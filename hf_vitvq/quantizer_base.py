@@ -145,7 +145,8 @@ class Quantizer(nn.Module):
 
     Subclasses that keep state outside their parameters override `init_weights` (called by
     `ViTVQPreTrainedModel._init_weights` after their submodules are initialised, and only for a quantizer that holds
-    a parameter or buffer of its own: transformers skips the others) and `codebook_health`.
+    a parameter or buffer of its own: transformers skips the others). Those that count code hits do so in a
+    `CodebookUsage` submodule named `usage`, which `codebook_health` reads (residual VQ combines its levels').
     """
 
     #: Whether the quantizer outputs continuous tokens (no ids); `encode` then returns latents.
@@ -162,8 +163,10 @@ class Quantizer(nn.Module):
         """Initialise buffers and parameters that depend on other weights. Default: nothing to do."""
 
     def codebook_health(self) -> dict[str, torch.Tensor]:
-        """Sliding-window statistics of the codebook (see [`CodebookUsage.stats`]); empty without a codebook."""
-        return {}
+        """Sliding-window statistics of the codebook (see [`CodebookUsage.stats`]) of a quantizer that counts its code
+        hits in a `CodebookUsage` submodule named `usage`; empty without one."""
+        usage = getattr(self, "usage", None)
+        return usage.stats() if isinstance(usage, CodebookUsage) else {}
 
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -65,9 +65,6 @@ class FiniteScalarQuantizer(Quantizer):
         self.codebook_size = math.prod(self.levels)
         self.usage = CodebookUsage(self.codebook_size, config.usage_window, persistent=False)
 
-    def codebook_health(self) -> dict[str, torch.Tensor]:
-        return self.usage.stats()
-
     def levels_tensor(self, device: torch.device) -> torch.Tensor:
         return torch.tensor(self.levels, device=device)
 

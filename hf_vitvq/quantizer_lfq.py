@@ -49,9 +49,6 @@ class LookupFreeQuantizer(Quantizer):
         self.codebook_entropy_weight = config.codebook_entropy_weight
         self.usage = CodebookUsage(self.codebook_size, config.usage_window, persistent=False)
 
-    def codebook_health(self) -> dict[str, torch.Tensor]:
-        return self.usage.stats()
-
     def forward(self, latents: torch.Tensor) -> QuantizerOutput:
         """Quantize (B, L, D) latents to signs; indices (B, L)."""
         with torch.autocast(device_type=latents.device.type, enabled=False):

@@ -198,9 +198,6 @@ class VectorQuantizer(Quantizer):
         if self.kmeans_done is not None:
             init.zeros_(self.kmeans_done)
 
-    def codebook_health(self) -> dict[str, torch.Tensor]:
-        return self.usage.stats()
-
     def codes(self) -> torch.Tensor:
         """The (K, D) float32 codes as the search sees them (normalised when `use_l2_norm`)."""
         codes = self.embedding.weight.float()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PHOTOS_DIR = REPO_ROOT.parent / "shared" / "data" / "photos"
-# The training scripts import each other as top-level modules (they run as `python training/train.py`).
-sys.path.insert(0, str(REPO_ROOT / "training"))
 
 
 def tiny_config_kwargs(**overrides: object) -> dict:

@@ -10,17 +10,15 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from training_utils import load_train_script  # tests/ is sys.path[0] when this file runs as a script
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "training"))
-
-import train  # noqa: E402
-from arguments import parse_args  # noqa: E402
+from hf_vitvq.training.arguments import parse_args
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO)
     report_dir, argv = Path(sys.argv[1]), sys.argv[2:]
-    trainer = train.Trainer(*parse_args(argv))
+    trainer = load_train_script().Trainer(*parse_args(argv))
     seen: list[str] = []
     read_batches = trainer.stream.batches
 

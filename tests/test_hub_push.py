@@ -1,4 +1,4 @@
-"""training/hub.py's background checkpoint pushes, against the local fake Hub."""
+"""hf_vitvq/training/hub.py's background checkpoint pushes, against the local fake Hub."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 from fake_hub import fake_hub_fixture  # noqa: F401
-from hub import CheckpointPusher
 from huggingface_hub import HfApi
 from training_utils import checkpoint_names_in_repo
+
+from hf_vitvq.training.hub import CheckpointPusher
 
 
 def make_checkpoint(output_dir: Path, step: int) -> Path:
@@ -150,7 +151,7 @@ def test_an_upload_superseded_while_queued_is_skipped_and_its_folder_removable(t
     # checkpoint-4 will not be read: one newer checkpoint (the limit) is queued behind it, whose commit deletes it
     assert pusher.removable([uploading, superseded, newest]) == [superseded]
     shutil.rmtree(superseded)  # as training's pruning does
-    with caplog.at_level(logging.INFO, logger="hub"):
+    with caplog.at_level(logging.INFO, logger="hf_vitvq.training.hub"):
         gated_commits.open.set()
         pusher.wait()
     assert skipped.result() is None and uploaded.result() is not None and pusher.failed == []
@@ -163,7 +164,7 @@ def test_a_failed_push_is_logged_and_listed_not_raised(tmp_path, fake_hub, monke
     pusher = CheckpointPusher("org/run", token=None, output_dir=tmp_path)
     failing_once(monkeypatch)
     folder = make_checkpoint(tmp_path, 2)
-    with caplog.at_level(logging.INFO, logger="hub"):
+    with caplog.at_level(logging.INFO, logger="hf_vitvq.training.hub"):
         pusher.push(folder)
         pusher.wait()
     assert pusher.failed == [folder]

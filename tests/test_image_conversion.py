@@ -9,9 +9,9 @@ from collections.abc import Callable
 import numpy as np
 import PIL.Image
 import pytest
-from data import decode_image
 
 from hf_vitvq.image_processing_vitvq import ViTVQImageProcessor, to_rgb_array
+from hf_vitvq.training.data import decode_image
 
 
 def encoded(image: PIL.Image.Image, image_format: str = "PNG") -> bytes:

@@ -9,18 +9,23 @@ import shutil
 import threading
 from pathlib import Path
 
-import checkpointing
 import PIL.Image
 import pytest
-from arguments import parse_args
-from data import TrainingImageStream, default_validation_images, image_folder_stream, image_folder_streams
-from data import validation_batches as make_validation_batches
-from evaluation import evaluate_reconstruction
 from test_training_parts import make_image_folder
-from train import build_config
 from training_utils import QUICK_RUN, losses_by_step, run_in_process
 
 from hf_vitvq import ViTVQImageProcessor, ViTVQModel
+from hf_vitvq.training import checkpointing
+from hf_vitvq.training.arguments import parse_args
+from hf_vitvq.training.data import (
+    TrainingImageStream,
+    default_validation_images,
+    image_folder_stream,
+    image_folder_streams,
+)
+from hf_vitvq.training.data import validation_batches as make_validation_batches
+from hf_vitvq.training.evaluation import evaluate_reconstruction
+from hf_vitvq.training.trainer_utils import build_config
 
 # QUICK_RUN without its --validation_images, for the runs that check the default
 _AT = QUICK_RUN.index("--validation_images")
@@ -250,7 +255,7 @@ def test_the_default_recipe_keeps_the_codebook_alive_where_the_preset_collapses_
                         str(output_dir), "--codebook_recipe", recipe, "--max_train_steps", "150",
                         "--train_batch_size", "8", "--logging_steps", "10", "--validation_steps", "150",
                         "--checkpointing_steps", "1000"])  # fmt: skip
-        metrics[recipe] = evaluate_reconstruction(ViTVQModel.from_pretrained(output_dir / "final"), processor, batches)
+        metrics[recipe] = evaluate_reconstruction(ViTVQModel.from_pretrained(output_dir / "final"), batches)
         metrics[recipe]["window_usage"] = losses_by_step(output_dir, "codebook_usage")[150]
         warnings[recipe] = caplog.text.count("the codebook is collapsing")
     assert metrics["ema_restart"]["psnr"] > metrics["preset"]["psnr"] + 0.4, metrics  # 0.72-0.73 dB measured
@@ -281,7 +286,7 @@ def first_batch_within(stream: TrainingImageStream, seconds: float) -> object:
 
 
 def make_stream(folder: Path, **kwargs) -> TrainingImageStream:
-    return TrainingImageStream(image_folder_stream(folder), "image", ViTVQImageProcessor.for_image_size(8), 8, seed=0,
+    return TrainingImageStream(image_folder_stream(folder), "image", (-1.0, 1.0), 8, seed=0,
                                shuffle_buffer_size=0, **kwargs)  # fmt: skip
 
 
@@ -299,7 +304,7 @@ def test_a_stream_of_undecodable_samples_stops_with_an_error_naming_them(tmp_pat
 def test_skipped_samples_are_counted_and_named_once_however_many_epochs_meet_them(tmp_path, caplog):
     folder = make_image_folder(tmp_path / "images", 4, bad=True)
     batches = make_stream(folder).batches(4)
-    with caplog.at_level(logging.WARNING, logger="data"):
+    with caplog.at_level(logging.WARNING, logger="hf_vitvq.training.data"):
         last = [next(batches) for _ in range(6)][-1]  # 24 images: 6 epochs of 4 images and 3 bad files
     assert last.position["epoch"] == 5 and last.position["skipped_examples"] == 3  # epochs 0 to 5
     assert caplog.text.count("Skipped an undecodable sample") == 3

@@ -8,11 +8,12 @@ import shutil
 import subprocess
 import sys
 
-import checkpointing
 import torch
 from conftest import REPO_ROOT
 from safetensors.torch import load_file
 from training_utils import QUICK_RUN, losses_by_step
+
+from hf_vitvq.training import checkpointing
 
 
 def test_two_processes_read_disjoint_shards_and_stay_in_sync(tmp_path, photo_paths):

@@ -9,13 +9,16 @@ import sys
 import textwrap
 from pathlib import Path
 
-import checkpointing
 import numpy as np
 import PIL.Image
 import pytest
 import torch
-from arguments import parse_args
-from data import (
+from training_utils import TRAINING_DIR
+
+from hf_vitvq import ViTVQImageProcessor, ViTVQModelOutput
+from hf_vitvq.training import checkpointing
+from hf_vitvq.training.arguments import parse_args
+from hf_vitvq.training.data import (
     TrainingImageStream,
     consecutive_parts,
     decode_image,
@@ -27,10 +30,7 @@ from data import (
     random_resized_crop,
     validation_batches,
 )
-from losses import LossWeights, TokenizerLoss
-from training_utils import TRAINING_DIR
-
-from hf_vitvq import ViTVQImageProcessor, ViTVQModelOutput
+from hf_vitvq.training.losses import LossWeights, TokenizerLoss
 
 # ---------------------------------------------------------------------------------------------- arguments
 
@@ -155,7 +155,7 @@ def test_image_folder_holds_out_files_spread_over_it_that_no_process_trains_on(t
     assert held_out == ["img000.png", "img004.png", "img008.png"] and count == 3
     epochs = {}
     for rank in (0, 1):  # a buffer of 1 shuffles only the order of the shards (files)
-        stream = TrainingImageStream(train, "image", ViTVQImageProcessor.for_image_size(8), 8, seed=0, rank=rank,
+        stream = TrainingImageStream(train, "image", (-1.0, 1.0), 8, seed=0, rank=rank,
                                      world_size=2, shuffle_buffer_size=1)  # fmt: skip
         epochs[rank] = [example["name"] for example in stream.dataset]
     assert not set(epochs[0]) & set(epochs[1]) and not set(epochs[0] + epochs[1]) & set(held_out)
@@ -167,7 +167,7 @@ def test_image_folder_holds_out_files_spread_over_it_that_no_process_trains_on(t
 
 def make_stream(folder: Path, rank: int = 0, world_size: int = 1, buffer: int = 4) -> TrainingImageStream:
     return TrainingImageStream(
-        image_folder_stream(folder), "image", ViTVQImageProcessor.for_image_size(8), 8,
+        image_folder_stream(folder), "image", (-1.0, 1.0), 8,
         seed=3, rank=rank, world_size=world_size, shuffle_buffer_size=buffer, crop_scale=(0.2, 1.0),
     )  # fmt: skip
 
@@ -334,17 +334,16 @@ def test_holding_out_the_first_of_a_thousand_shards_opens_few_files(tmp_path):
     script = tmp_path / "hold_out.py"
     script.write_text(
         textwrap.dedent(
-            f"""
+            """
             import resource, sys
             import datasets, torch  # noqa: F401
-            sys.path.insert(0, {str(TRAINING_DIR)!r})
-            from data import hold_out_first_shard
+            from hf_vitvq.training.data import hold_out_first_shard
 
             resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
             stream = datasets.IterableDataset.from_generator(
-                lambda files: ({{"file": name}} for name in files),
-                features=datasets.Features({{"file": datasets.Value("int64")}}),
-                gen_kwargs={{"files": list(range(1000))}},
+                lambda files: ({"file": name} for name in files),
+                features=datasets.Features({"file": datasets.Value("int64")}),
+                gen_kwargs={"files": list(range(1000))},
             )
             train, validation = hold_out_first_shard(stream, 1)
             print(train.n_shards, [example["file"] for example in validation])
@@ -372,7 +371,7 @@ def test_webdataset_shards_stream_with_detected_column_and_per_rank_shards(tmp_p
     train, _, column, _ = load_streams(data_args, resolution=8)
     assert column == "jpg"
     names = [
-        set(next(TrainingImageStream(train, column, ViTVQImageProcessor.for_image_size(8), 8, seed=0, rank=rank,
+        set(next(TrainingImageStream(train, column, (-1.0, 1.0), 8, seed=0, rank=rank,
                                      world_size=2, shuffle_buffer_size=0).batches(3)).names)
         for rank in (0, 1)
     ]  # fmt: skip
@@ -394,7 +393,7 @@ def test_loss_composition_weights_every_term():
 
 
 def test_trackers_record_the_arguments_but_not_the_hub_token():
-    from train import tracker_config
+    from hf_vitvq.training.trainer_utils import tracker_config
 
     _, _, args = parse_args(["--hub_token", "hf_secret", "--learning_rate", "0.5"])
     recorded = tracker_config(args)
@@ -403,7 +402,8 @@ def test_trackers_record_the_arguments_but_not_the_hub_token():
 
 def test_weight_ema_averages_floats_and_copies_counters():
     from torch.optim.swa_utils import AveragedModel
-    from train import ema_of_floats
+
+    from hf_vitvq.training.trainer_utils import ema_of_floats
 
     model = torch.nn.Module()
     model.register_buffer("weight", torch.zeros(2))
@@ -421,7 +421,8 @@ def test_code_histogram_reaches_tensorboard_with_one_bucket_per_code(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from torch.utils.tensorboard import SummaryWriter
-    from train import write_code_histogram
+
+    from hf_vitvq.training.trainer_utils import write_code_histogram
 
     writer = SummaryWriter(tmp_path)
     write_code_histogram(writer, torch.tensor([[0.5, 0.0, 0.25, 0.25], [0.0, 0.0, 1.0, 0.0]]), step=3)
@@ -434,9 +435,9 @@ def test_code_histogram_reaches_tensorboard_with_one_bucket_per_code(tmp_path):
 
 def test_validation_metrics_for_discrete_and_continuous_tokens():
     from conftest import tiny_config_kwargs
-    from evaluation import evaluate_reconstruction
 
     from hf_vitvq import ViTVQConfig, ViTVQModel
+    from hf_vitvq.training.evaluation import evaluate_reconstruction
 
     processor = ViTVQImageProcessor.for_image_size(32)
     batches = [processor([PIL.Image.new("RGB", (32, 32), (i * 60, 90, 30)) for i in range(3)], return_tensors="pt")
@@ -446,5 +447,5 @@ def test_validation_metrics_for_discrete_and_continuous_tokens():
         ("kl", {"psnr", "ssim"}),
     ):
         model = ViTVQModel(ViTVQConfig(**tiny_config_kwargs(quantizer_type=quantizer_type)))
-        metrics = evaluate_reconstruction(model, processor, batches)
+        metrics = evaluate_reconstruction(model, batches)
         assert set(metrics) == expected and 0 < metrics["psnr"] < 60

@@ -8,18 +8,18 @@ import signal
 import time
 from pathlib import Path
 
-import checkpointing
 import pytest
 import torch
-from data import embedded_streams, validation_batches
-from evaluation import evaluate_reconstruction
 from fake_hub import fake_hub_fixture  # noqa: F401
 from safetensors.torch import load_file
 from test_training_parts import make_image_folder
-from train import NonFiniteLossError
 from training_utils import QUICK_RUN, checkpoint_names_in_repo, losses_by_step, run_in_process, start_subprocess
 
 from hf_vitvq import ViTVQConfig, ViTVQImageProcessor, ViTVQModel
+from hf_vitvq.training import checkpointing
+from hf_vitvq.training.data import embedded_streams, validation_batches
+from hf_vitvq.training.evaluation import evaluate_reconstruction
+from hf_vitvq.training.trainer_utils import NonFiniteLossError
 
 # The demo's codebook recipe (training/configs/demo.yaml) with restarts after 2 idle steps: state in the quantizer.
 DEMO_CODEBOOK = {"use_l2_norm_codes": False, "use_ema_codebook": True, "dead_code_steps": 2, "use_rotation_trick": True}
@@ -40,10 +40,7 @@ def test_short_training_improves_reconstruction(tmp_path):
     trained = ViTVQModel.from_pretrained(output_dir / "final")
     torch.manual_seed(0)
     untrained = ViTVQModel(ViTVQConfig.from_preset("tiny"))
-    gain = (
-        evaluate_reconstruction(trained, processor, batches)["psnr"]
-        - evaluate_reconstruction(untrained, processor, batches)["psnr"]
-    )
+    gain = evaluate_reconstruction(trained, batches)["psnr"] - evaluate_reconstruction(untrained, batches)["psnr"]
     assert gain > 1.0, f"validation PSNR rose by only {gain:.2f} dB"
     assert (output_dir / "final" / "reconstructions.png").is_file()
     assert (output_dir / "validation" / "step-0000300.png").is_file()
@@ -107,7 +104,7 @@ def test_non_finite_loss_stops_the_run_after_saving_the_last_good_state(tmp_path
 @pytest.fixture
 def checkpoint_pushers(monkeypatch) -> list:
     """The list that will hold the `CheckpointPusher` of a run in this process."""
-    import hub
+    from hf_vitvq.training import hub
 
     init, pushers = hub.CheckpointPusher.__init__, []
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from conftest import REPO_ROOT
 
@@ -25,10 +27,21 @@ QUICK_RUN = [
 ]  # fmt: skip
 
 
+def load_train_script() -> ModuleType:
+    """`training/train.py` as a module (a script, not part of the package), imported once."""
+    if "train" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("train", TRAINING_DIR / "train.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["train"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["train"]
+
+
 def run_in_process(argv: list[str]) -> None:
     """`train.main(argv)` in this process, with Accelerate's singletons reset afterwards."""
-    import train
     from accelerate.state import AcceleratorState, GradientState
+
+    train = load_train_script()
 
     try:
         train.main(argv)

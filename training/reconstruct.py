@@ -9,43 +9,12 @@ Without `--images`, it uses the sample photos that ship with scikit-image (no do
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-import torch
 from PIL import Image
 
-from hf_vitvq import ViTVQConfig, ViTVQImageProcessor, ViTVQModel
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sample_data import skimage_photos  # noqa: E402
-
-
-def comparison_grid(originals: list[Image.Image], reconstructions: list[Image.Image]) -> Image.Image:
-    """One image: `originals` in the top row, `reconstructions` below them, all the size of the first."""
-    width, height = originals[0].size
-    grid = Image.new("RGB", (width * len(originals), 2 * height))
-    for column, (original, reconstruction) in enumerate(zip(originals, reconstructions, strict=True)):
-        grid.paste(original.resize((width, height)), (column * width, 0))
-        grid.paste(reconstruction.resize((width, height)), (column * width, height))
-    return grid
-
-
-def load_model(name_or_path: str) -> tuple[ViTVQModel, ViTVQImageProcessor]:
-    """A trained model folder (or Hub id), or an untrained preset such as `tiny`."""
-    if name_or_path in ViTVQConfig.presets():
-        model = ViTVQModel(ViTVQConfig.from_preset(name_or_path))
-        return model, ViTVQImageProcessor.for_config(model.config)
-    return ViTVQModel.from_pretrained(name_or_path), ViTVQImageProcessor.from_pretrained(name_or_path)
-
-
-@torch.inference_mode()
-def reconstruct(
-    model: ViTVQModel, processor: ViTVQImageProcessor, pixel_values: torch.Tensor
-) -> tuple[torch.Tensor, list[Image.Image]]:
-    """Encode (B, C, H, W) pixel values to token ids and decode them: (token ids, reconstructed PIL images)."""
-    token_ids = model.encode(pixel_values.to(model.device, model.dtype))
-    return token_ids, processor.postprocess(model.decode(token_ids).float().cpu(), output_type="pil")
+from hf_vitvq.training.evaluation import comparison_grid, load_model, reconstruct
+from hf_vitvq.training.sample_data import skimage_photos
 
 
 def main() -> None:

@@ -6,8 +6,8 @@
 
 Resumes exactly after a crash with `--resume_from_checkpoint latest` (model, optimizer, scheduler, scaler, EMA,
 random states and the position in the shuffled data stream), from the newest checkpoint whose files match their
-checksums. The result, `OUTPUT_DIR/final`, loads with `AutoModel.from_pretrained`. See `training/arguments.py` for
-every flag.
+checksums. The result, `OUTPUT_DIR/final`, loads with `AutoModel.from_pretrained`. Every flag: `--help`, or
+`hf_vitvq/training/arguments.py`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,138 +23,35 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
-from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 from transformers import AutoModel, get_scheduler
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import checkpointing  # noqa: E402
-from arguments import CODEBOOK_RECIPES, DataArguments, ModelArguments, TrainingArguments, parse_args  # noqa: E402
-from data import TrainingImageStream, load_streams, prefetch, validation_batches  # noqa: E402
-from evaluation import evaluate_reconstruction, save_validation_grid  # noqa: E402
-from losses import LossWeights, TokenizerLoss  # noqa: E402
-from model_card import write_model_card  # noqa: E402
-from reconstruct import comparison_grid, reconstruct  # noqa: E402
-
-from hf_vitvq import ViTVQConfig, ViTVQImageProcessor, ViTVQModel  # noqa: E402
+from hf_vitvq import ViTVQImageProcessor, ViTVQModel
+from hf_vitvq.training import checkpointing
+from hf_vitvq.training.arguments import DataArguments, ModelArguments, TokenizerTrainingArguments, parse_args
+from hf_vitvq.training.data import TrainingImageStream, load_streams, prefetch, validation_batches
+from hf_vitvq.training.evaluation import evaluate_reconstruction, save_reconstruction_grid
+from hf_vitvq.training.losses import LossWeights, TokenizerLoss
+from hf_vitvq.training.model_card import write_model_card
+from hf_vitvq.training.trainer_utils import (
+    NonFiniteLossError,
+    TrainingProgress,
+    build_config,
+    ema_of_floats,
+    parameter_groups,
+    resolve_report_to,
+    tracker_config,
+    write_code_histogram,
+)
 
 logger = get_logger(__name__)
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; the last good state was saved as a checkpoint."""
-
-
-@dataclass
-class TrainingProgress:
-    """Counters saved with every checkpoint (registered with `accelerator.register_for_checkpointing`)."""
-
-    global_step: int = 0
-    images_seen: int = 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"global_step": self.global_step, "images_seen": self.images_seen}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.global_step, self.images_seen = state["global_step"], state["images_seen"]
-
-
-def tracker_config(args: TrainingArguments) -> dict[str, Any]:
-    """The training arguments the trackers record (TensorBoard's hparams, W&B's config): every one that is set, but
-    not the Hub token."""
-    return {name: value for name, value in vars(args).items() if value is not None and name != "hub_token"}
-
-
-def ema_of_floats(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
-    """`AveragedModel`'s `multi_avg_fn` for a weight EMA with decay `decay`: floating-point tensors are averaged;
-    integer and bool buffers (the codebook's step counters, flags) follow the model, as averaging would truncate them
-    (torch's EMA function leaves a counter stuck at its first value)."""
-    average = get_ema_multi_avg_fn(decay)
-
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
-        if averaged[0].is_floating_point():  # the tensors come grouped by dtype
-            average(averaged, current, num_averaged)
-            return
-        for averaged_tensor, current_tensor in zip(averaged, current, strict=True):
-            averaged_tensor.copy_(current_tensor)
-
-    return update
-
-
-def codebook_recipe(name: str, config: ViTVQConfig) -> dict[str, Any]:
-    """The quantizer options that `--codebook_recipe name` sets on `config`: `CODEBOOK_RECIPES[name]` for a `vq`
-    quantizer, none for other quantizer types and SimVQ (whose codes exclude EMA updates and restarts)."""
-    if config.quantizer_type != "vq" or config.use_simvq:
-        return {}
-    return CODEBOOK_RECIPES[name]
-
-
-def build_config(model_args: ModelArguments, resolution: int | None) -> ViTVQConfig:
-    """The model config from a preset name (with `--codebook_recipe`'s quantizer options) or a config JSON, with
-    `--model_overrides` (which win over the recipe) and `--resolution` applied."""
-    overrides = json.loads(model_args.model_overrides) if model_args.model_overrides else {}
-    if resolution is not None:
-        overrides["image_size"] = resolution
-    if model_args.model_config in ViTVQConfig.presets():
-        config = ViTVQConfig.from_preset(model_args.model_config, **overrides)
-        if recipe := codebook_recipe(model_args.codebook_recipe, config):
-            config = ViTVQConfig.from_preset(model_args.model_config, **{**recipe, **overrides})
-        return config
-    path = Path(model_args.model_config)
-    if not path.exists():
-        raise ValueError(
-            f"--model_config {model_args.model_config!r} is neither a preset ({ViTVQConfig.presets()}) nor a file."
-        )
-    # from_base, not from_pretrained(path, **overrides): that would drop misspelt keys silently and skip the checks
-    return ViTVQConfig.from_base(ViTVQConfig.get_config_dict(path)[0], **overrides)
-
-
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on linear and conv weights only; none on biases, norms, tokens, positions and
-    the codebook."""
-    decay = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in params if id(p) in decay], "weight_decay": weight_decay},
-        {"params": [p for p in params if id(p) not in decay], "weight_decay": 0.0},
-    ]
-
-
-def write_code_histogram(writer: Any, frequency: torch.Tensor, step: int) -> None:
-    """Log a (..., codebook_size) code-frequency histogram (summed over RVQ levels) to a tensorboard writer, one
-    bucket per code."""
-    counts = frequency.reshape(-1, frequency.shape[-1]).sum(dim=0).double().cpu()
-    codes = torch.arange(counts.numel(), dtype=torch.float64)
-    writer.add_histogram_raw(
-        "train/code_frequency",
-        min=0.0,
-        max=float(counts.numel() - 1),
-        num=float(counts.sum()),
-        sum=float((codes * counts).sum()),
-        sum_squares=float((codes**2 * counts).sum()),
-        bucket_limits=(codes + 0.5).tolist(),
-        bucket_counts=counts.tolist(),
-        global_step=step,
-    )
-
-
-def resolve_report_to(report_to: str) -> str | None:
-    """`auto` means tensorboard when it is installed, otherwise no tracker."""
-    if report_to == "auto":
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            return None
-        return "tensorboard"
-    return None if report_to == "none" else report_to
 
 
 class Trainer:
     """The training loop and its checkpoints; `run()` trains to `max_train_steps`."""
 
-    def __init__(self, model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> None:
+    def __init__(self, model_args: ModelArguments, data_args: DataArguments, args: TokenizerTrainingArguments) -> None:
         self.args = args
         self.data_args = data_args
         self.output_dir = Path(args.output_dir)
@@ -179,7 +73,7 @@ class Trainer:
         self.stream = TrainingImageStream(
             data.train,
             data.image_column,
-            self.processor,
+            self.config.pixel_value_range,
             self.resolution,
             seed=args.seed,
             rank=self.accelerator.process_index,
@@ -224,7 +118,7 @@ class Trainer:
         self.usage_is_low = False  # whether the last check found the codebook usage under --codebook_usage_warning
         self.checkpoint_pusher = None
         if args.push_to_hub and args.hub_push_checkpoints and self.accelerator.is_main_process:
-            from hub import CheckpointPusher
+            from hf_vitvq.training.hub import CheckpointPusher
 
             self.checkpoint_pusher = CheckpointPusher(
                 args.hub_model_id, args.hub_token, self.output_dir, keep_last=args.checkpoints_total_limit
@@ -392,8 +286,8 @@ class Trainer:
         metrics: dict[str, float] = {}
         if self.accelerator.is_main_process:
             model = self.evaluation_model()
-            metrics = evaluate_reconstruction(model, self.processor, self.validation)
-            grid = save_validation_grid(
+            metrics = evaluate_reconstruction(model, self.validation)
+            grid = save_reconstruction_grid(
                 model,
                 self.processor,
                 self.validation[0],
@@ -554,13 +448,10 @@ class Trainer:
             )
 
         reloaded = AutoModel.from_pretrained(final).eval()
-        pixel_values = self.validation[0][:8]
-        _, reconstructions = reconstruct(reloaded, self.processor, pixel_values)
-        originals = self.processor.postprocess(pixel_values, output_type="pil")
-        comparison_grid(originals, reconstructions).save(final / "reconstructions.png")
+        save_reconstruction_grid(reloaded, self.processor, self.validation[0], final / "reconstructions.png")
         if self.args.push_to_hub:
             self.finish_pushes()  # the final model's commit comes after the checkpoints'
-            from hub import push_folder
+            from hf_vitvq.training.hub import push_folder
 
             url = push_folder(final, self.args.hub_model_id, None, self.args.hub_token)
             logger.info(f"Pushed {final} to {url}")

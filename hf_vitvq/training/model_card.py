@@ -8,7 +8,7 @@ from typing import Any
 
 from hf_vitvq import ViTVQConfig
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "vitvq_template.md"
+TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / "vitvq_template.md"
 
 
 def render_model_card(

@@ -9,8 +9,9 @@ from concurrent.futures import Future
 from concurrent.futures import wait as wait_for_futures
 from pathlib import Path
 
-from checkpointing import checkpoint_dirs
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+
+from .checkpointing import checkpoint_dirs
 
 logger = logging.getLogger(__name__)
 

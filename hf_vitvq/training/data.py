@@ -32,7 +32,7 @@ from datasets import Image as ImageFeature
 from datasets.distributed import split_dataset_by_node
 
 from hf_vitvq import ViTVQImageProcessor
-from hf_vitvq.image_processing_vitvq import to_rgb_array
+from hf_vitvq.image_processing_vitvq import normalize_pixels, to_rgb_array
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def image_folder_streams(
 
 @cache
 def _embedded_photo_png(name: str, short_side: int) -> bytes:
-    from sample_data import skimage_photos
+    from .sample_data import skimage_photos
 
     [(_, photo)] = skimage_photos((name,))
     scale = short_side / min(photo.size)
@@ -150,7 +150,7 @@ def embedded_streams(resolution: int) -> tuple[IterableDataset, IterableDataset]
     """The default data (no download): scikit-image's colour sample photos. Training: 6 photos (resized so that
     their short side is 4 crops wide, one shard each); validation: tiles of 2 held-out photos at the scale the
     training crops see."""
-    from sample_data import SKIMAGE_PHOTOS
+    from .sample_data import SKIMAGE_PHOTOS
 
     train_names = [name for name in SKIMAGE_PHOTOS if name not in EMBEDDED_VALIDATION_PHOTOS]
     short_side = 4 * resolution
@@ -396,7 +396,7 @@ class TrainingImageStream:
     Args:
         dataset: the full training stream (before sharding and shuffling).
         image_column: column holding images.
-        processor: turns crops into normalised pixel values (its rescale / normalize settings).
+        pixel_value_range: the range 0..255 pixels are mapped onto (`config.pixel_value_range`).
         resolution: side of the square crops.
         seed: shuffle and augmentation seed (the same on every process).
         rank, world_size: this process and the number of processes; each reads a disjoint part.
@@ -410,7 +410,7 @@ class TrainingImageStream:
         self,
         dataset: IterableDataset,
         image_column: str,
-        processor: ViTVQImageProcessor,
+        pixel_value_range: tuple[float, float],
         resolution: int,
         seed: int,
         rank: int = 0,
@@ -427,7 +427,7 @@ class TrainingImageStream:
             dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
         self.dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size) if world_size > 1 else dataset
         self.image_column = image_column
-        self.processor = processor
+        self.pixel_value_range = pixel_value_range
         self.resolution = resolution
         self.seed = seed
         self.rank = rank
@@ -487,9 +487,9 @@ class TrainingImageStream:
                             self.failures_in_a_row, self.first_failures = 0, []
                             crops.append(crop)
                             names.append(example[1])
-                pixel_values = self.processor(
-                    crops, do_resize=False, do_center_crop=False, return_tensors="pt"
-                ).pixel_values
+                # (B, R, R, 3) uint8 -> (B, 3, R, R) float32 in pixel_value_range
+                pixels = torch.from_numpy(np.stack([np.asarray(crop) for crop in crops])).permute(0, 3, 1, 2)
+                pixel_values = normalize_pixels(pixels.contiguous(), self.pixel_value_range)
                 yield TrainingBatch(pixel_values, names, copy.deepcopy(self.position.to_dict()))
 
     def _record_skip(self, name: str, epoch: int) -> None:

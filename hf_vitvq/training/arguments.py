@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data import first_image_file
 from transformers import HfArgumentParser
 
 from hf_vitvq import ViTVQConfig
+
+from .data import first_image_file
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class DataArguments:
 
 
 @dataclass
-class TrainingArguments:
+class TokenizerTrainingArguments:
     output_dir: str = field(default="outputs/vitvq")
     seed: int = field(default=0)
     train_batch_size: int = field(default=8, metadata={"help": "Images per device per step."})
@@ -161,7 +162,7 @@ class TrainingArguments:
             self.lr_warmup_steps = default_warmup_steps(self.max_train_steps)
 
 
-ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, TokenizerTrainingArguments)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -182,7 +183,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TokenizerTrainingArguments]:
     """Parse `--config FILE` (optional) and command-line flags, the command line winning, then check them."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(ARGUMENT_CLASSES)
@@ -205,7 +206,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     return model_args, data_args, training_args
 
 
-def check_args(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> None:
+def check_args(model_args: ModelArguments, data_args: DataArguments, training_args: TokenizerTrainingArguments) -> None:
     """Raise a ValueError saying what to pass, before anything expensive starts."""
     if data_args.dataset_name and data_args.train_data_dir:
         raise ValueError("Pass either --dataset_name or --train_data_dir, not both.")

@@ -1,0 +1,126 @@
+"""Pieces of the tokenizer training loop that do not need the loop itself: the model config a run builds, the
+optimizer's parameter groups, the weight EMA, progress counters saved in checkpoints, tracker helpers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+from hf_vitvq import ViTVQConfig
+
+from .arguments import CODEBOOK_RECIPES, ModelArguments, TokenizerTrainingArguments
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the last good state was saved as a checkpoint."""
+
+
+@dataclass
+class TrainingProgress:
+    """Counters saved with every checkpoint (registered with `accelerator.register_for_checkpointing`)."""
+
+    global_step: int = 0
+    images_seen: int = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"global_step": self.global_step, "images_seen": self.images_seen}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.global_step, self.images_seen = state["global_step"], state["images_seen"]
+
+
+def tracker_config(args: TokenizerTrainingArguments) -> dict[str, Any]:
+    """The training arguments the trackers record (TensorBoard's hparams, W&B's config): every one that is set, but
+    not the Hub token."""
+    return {name: value for name, value in vars(args).items() if value is not None and name != "hub_token"}
+
+
+def ema_of_floats(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
+    """`AveragedModel`'s `multi_avg_fn` for a weight EMA with decay `decay`: floating-point tensors are averaged;
+    integer and bool buffers (the codebook's step counters, flags) follow the model, as averaging would truncate them
+    (torch's EMA function leaves a counter stuck at its first value)."""
+    average = get_ema_multi_avg_fn(decay)
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        if averaged[0].is_floating_point():  # the tensors come grouped by dtype
+            average(averaged, current, num_averaged)
+            return
+        for averaged_tensor, current_tensor in zip(averaged, current, strict=True):
+            averaged_tensor.copy_(current_tensor)
+
+    return update
+
+
+def codebook_recipe(name: str, config: ViTVQConfig) -> dict[str, Any]:
+    """The quantizer options that `--codebook_recipe name` sets on `config`: `CODEBOOK_RECIPES[name]` for a `vq`
+    quantizer, none for other quantizer types and SimVQ (whose codes exclude EMA updates and restarts)."""
+    if config.quantizer_type != "vq" or config.use_simvq:
+        return {}
+    return CODEBOOK_RECIPES[name]
+
+
+def build_config(model_args: ModelArguments, resolution: int | None) -> ViTVQConfig:
+    """The model config from a preset name (with `--codebook_recipe`'s quantizer options) or a config JSON, with
+    `--model_overrides` (which win over the recipe) and `--resolution` applied."""
+    overrides = json.loads(model_args.model_overrides) if model_args.model_overrides else {}
+    if resolution is not None:
+        overrides["image_size"] = resolution
+    if model_args.model_config in ViTVQConfig.presets():
+        config = ViTVQConfig.from_preset(model_args.model_config, **overrides)
+        if recipe := codebook_recipe(model_args.codebook_recipe, config):
+            config = ViTVQConfig.from_preset(model_args.model_config, **{**recipe, **overrides})
+        return config
+    path = Path(model_args.model_config)
+    if not path.exists():
+        raise ValueError(
+            f"--model_config {model_args.model_config!r} is neither a preset ({ViTVQConfig.presets()}) nor a file."
+        )
+    # from_base, not from_pretrained(path, **overrides): that would drop misspelt keys silently and skip the checks
+    return ViTVQConfig.from_base(ViTVQConfig.get_config_dict(path)[0], **overrides)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on linear and conv weights only; none on biases, norms, tokens, positions and
+    the codebook."""
+    decay = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if id(p) in decay], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) not in decay], "weight_decay": 0.0},
+    ]
+
+
+def write_code_histogram(writer: Any, frequency: torch.Tensor, step: int) -> None:
+    """Log a (..., codebook_size) code-frequency histogram (summed over RVQ levels) to a tensorboard writer, one
+    bucket per code."""
+    counts = frequency.reshape(-1, frequency.shape[-1]).sum(dim=0).double().cpu()
+    codes = torch.arange(counts.numel(), dtype=torch.float64)
+    writer.add_histogram_raw(
+        "train/code_frequency",
+        min=0.0,
+        max=float(counts.numel() - 1),
+        num=float(counts.sum()),
+        sum=float((codes * counts).sum()),
+        sum_squares=float((codes**2 * counts).sum()),
+        bucket_limits=(codes + 0.5).tolist(),
+        bucket_counts=counts.tolist(),
+        global_step=step,
+    )
+
+
+def resolve_report_to(report_to: str) -> str | None:
+    """`auto` means tensorboard when it is installed, otherwise no tracker."""
+    if report_to == "auto":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            return None
+        return "tensorboard"
+    return None if report_to == "none" else report_to
