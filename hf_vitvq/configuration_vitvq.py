@@ -117,6 +117,11 @@ def derive_codebook_shape(
 # `ViTVQConfig.decoder_head` values: a linear pixel head, or TiTok's two-stage MaskGIT-VQGAN head.
 DECODER_HEADS = ("pixels", "maskgit_vqgan")
 
+# `ViTVQConfig.token_dropout` values: no dropout, or tail-token dropout (the decoder trains on random prefixes).
+TOKEN_DROPOUT_TYPES = ("none", "tail")
+# The fields that only apply to `token_dropout="tail"`.
+TAIL_DROPOUT_FIELDS = ("tail_dropout_min_tokens", "tail_dropout_lengths", "tail_dropout_weights", "tail_dropout_prob")
+
 PRESETS: dict[str, dict[str, Any]] = {
     "S-128": _symmetric("small", 128),
     "B-64": _symmetric("base", 64),
@@ -246,6 +251,26 @@ class ViTVQConfig(PretrainedConfig):
             of the convolutional decoder, highest resolution first, as multiples of `maskgit_hidden_channels`; the
             decoder upsamples by `2 ** (len(maskgit_channel_mult) - 1)`, which must equal `patch_size`.
         maskgit_num_res_blocks (`int`, defaults to 2): ResNet blocks per level of the convolutional decoder.
+        token_dropout (`str`, defaults to `"none"`): `"tail"` trains the decoder on random prefixes of the token
+            sequence (One-D-Piece's tail token drop, FlexTok's nested dropout): in each training step the decoder of
+            sample b sees only its first k_b tokens, the others replaced by a learned embedding, so that the first
+            k tokens of any image decode to a coarse version of it, and detail grows with k. Such a model's
+            `decode` accepts any prefix `token_ids[:, :k]` with `tail_dropout_min_tokens <= k <= num_latent_tokens`
+            and `encode(..., num_tokens=k)` returns the first k ids. `"none"`: the decoder always reads all tokens
+            (and only all tokens decode).
+        tail_dropout_min_tokens (`int`, *optional*): `"tail"`: the fewest tokens a training step keeps, and the
+            shortest prefix `decode` accepts. Unset: the smallest of `tail_dropout_lengths` when those are given,
+            else 1.
+        tail_dropout_lengths (`list[int]`, *optional*): `"tail"`: the kept lengths k to draw from, e.g.
+            `[1, 2, 4, 8, 16, 32]` (FlexTok's powers of two, which give the last tokens more training than a
+            uniform k does); unset, k is uniform over `[tail_dropout_min_tokens, num_latent_tokens]`.
+        tail_dropout_weights (`list[float]`, *optional*): `"tail"`: relative probabilities of `tail_dropout_lengths`
+            (needs them); unset, all lengths are equally likely.
+        tail_dropout_prob (`float`, defaults to 0.5): `"tail"`: the probability that a sample's tail is dropped in a
+            training step (k drawn as above); the other samples keep all `num_latent_tokens` tokens. One-D-Piece and
+            FlexTok drop in every step (1.0); on the demo-scale model that left the last tokens unused (PSNR flat from
+            16 of 32 tokens on), where 0.5 kept PSNR rising to the full sequence at a cost of 0.1-0.2 dB there
+            (benchmarks/RESULTS.md).
 
     Example:
 
@@ -313,12 +338,22 @@ class ViTVQConfig(PretrainedConfig):
     maskgit_hidden_channels: int = 128
     maskgit_channel_mult: list[int] | tuple[int, ...] = (1, 1, 2, 2, 4)
     maskgit_num_res_blocks: int = 2
+    token_dropout: str = "none"
+    tail_dropout_min_tokens: int | None = None  # derived in __post_init__ for "tail" when unset
+    tail_dropout_lengths: list[int] | None = None
+    tail_dropout_weights: list[float | int] | None = None
+    tail_dropout_prob: float | int = 0.5
 
     def __post_init__(self, **kwargs: Any) -> None:
         # Lists, as they come back from config.json, so that a saved and reloaded config compares equal.
         self.pixel_value_range = [float(value) for value in self.pixel_value_range]
         self.maskgit_channel_mult = list(self.maskgit_channel_mult)
         self.fsq_levels = None if self.fsq_levels is None else list(self.fsq_levels)
+        self.tail_dropout_lengths = None if self.tail_dropout_lengths is None else list(self.tail_dropout_lengths)
+        self.tail_dropout_weights = None if self.tail_dropout_weights is None else list(self.tail_dropout_weights)
+        if self.token_dropout == "tail" and self.tail_dropout_min_tokens is None:
+            lengths = self.tail_dropout_lengths
+            self.tail_dropout_min_tokens = min(lengths) if lengths and all(map(_is_int, lengths)) else 1
         self.codebook_size, self.codebook_dim = derive_codebook_shape(
             self.quantizer_type, self.codebook_size, self.codebook_dim, self.fsq_levels
         )
@@ -368,6 +403,49 @@ class ViTVQConfig(PretrainedConfig):
             raise ValueError(f"`decoder_head` must be one of {DECODER_HEADS}, got {self.decoder_head!r}.")
         if self.decoder_head == "maskgit_vqgan":
             self._check_maskgit_vqgan_sizes()
+        self._check_token_dropout()
+
+    def _check_token_dropout(self) -> None:
+        """Raise a `ValueError` naming the first tail-dropout field that is out of range or inconsistent."""
+        if self.token_dropout not in TOKEN_DROPOUT_TYPES:
+            raise ValueError(f"`token_dropout` must be one of {TOKEN_DROPOUT_TYPES}, got {self.token_dropout!r}.")
+        if self.token_dropout == "none":
+            defaults = {field.name: field.default for field in fields(self) if field.name in TAIL_DROPOUT_FIELDS}
+            used = [name for name, default in defaults.items() if getattr(self, name) != default]
+            if used:
+                raise ValueError(f"{used} only apply to token_dropout='tail', got token_dropout='none'.")
+            return
+        if not 0.0 < self.tail_dropout_prob <= 1.0:
+            raise ValueError(f"`tail_dropout_prob` must be in (0, 1], got {self.tail_dropout_prob!r}.")
+        num_tokens, lengths, weights = self.num_latent_tokens, self.tail_dropout_lengths, self.tail_dropout_weights
+        if lengths is not None:
+            in_range = all(_is_int(k) and 1 <= k <= num_tokens for k in lengths)
+            if not lengths or not in_range or len(set(lengths)) < len(lengths):
+                raise ValueError(
+                    "`tail_dropout_lengths` must be a non-empty list of distinct integers in [1, num_latent_tokens="
+                    f"{num_tokens}], got {lengths!r}."
+                )
+        elif weights is not None:
+            raise ValueError("`tail_dropout_weights` weighs `tail_dropout_lengths`: set those too, or unset it.")
+        min_tokens = self.tail_dropout_min_tokens
+        if not _is_int(min_tokens) or not 1 <= min_tokens <= num_tokens:
+            raise ValueError(
+                f"`tail_dropout_min_tokens` must be an integer in [1, num_latent_tokens={num_tokens}], got "
+                f"{min_tokens!r}."
+            )
+        if lengths is None:
+            return
+        if min_tokens != min(lengths):
+            raise ValueError(
+                f"`tail_dropout_min_tokens` ({min_tokens}) must be the smallest of `tail_dropout_lengths` {lengths}: "
+                "leave it unset and it is derived from them."
+            )
+        if weights is not None and (len(weights) != len(lengths) or not all(w >= 0 for w in weights) or
+                                    not sum(weights) > 0):  # fmt: skip
+            raise ValueError(
+                f"`tail_dropout_weights` must hold one weight >= 0 per entry of `tail_dropout_lengths` "
+                f"({len(lengths)}), not all zero, got {weights!r}."
+            )
 
     def _check_maskgit_vqgan_sizes(self) -> None:
         for name in ("maskgit_num_codes", "maskgit_code_dim", "maskgit_hidden_channels", "maskgit_num_res_blocks"):
@@ -538,6 +616,22 @@ class ViTVQConfig(PretrainedConfig):
         own = ", ".join(repr(name) for name in known if name not in inherited)
         noun = "field" if len(unknown) == 1 else "fields"
         raise ValueError(f"Unknown {cls.__name__} {noun} {'; '.join(problems)}. The {cls.__name__} fields are: {own}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """[`PretrainedConfig.to_dict`], without `token_dropout` and the `tail_dropout_*` fields when `token_dropout` is
+        `"none"` (their defaults, which loading restores): a model without tail-token dropout saves the config.json it
+        saved before the option existed."""
+        output = super().to_dict()
+        if self.token_dropout == "none":
+            for name in ("token_dropout", *TAIL_DROPOUT_FIELDS):
+                output.pop(name, None)
+        return output
+
+    @property
+    def min_num_tokens(self) -> int:
+        """The fewest leading tokens [`ViTVQModel.decode`] accepts: `tail_dropout_min_tokens` for a model trained with
+        tail-token dropout, else all `num_latent_tokens`."""
+        return self.tail_dropout_min_tokens if self.token_dropout == "tail" else self.num_latent_tokens
 
     @property
     def grid_size(self) -> int:

@@ -8,6 +8,10 @@ image. The computation (and the parameter layout, up to names) is that of the pu
     image (B, 3, H, W) -> ViTVQEncoder -> latents (B, L, D) -> VectorQuantizer -> token_ids (B, L)
     token_ids -> codes (B, L, D) -> ViTVQDecoder -> reconstruction (B, 3, H, W), in `config.pixel_value_range`
     (not clamped)
+
+With `config.token_dropout="tail"` the decoder is trained on random prefixes of the token sequence, the rest replaced
+by a learned embedding (FlexTok's nested dropout, Bachmann et al., arXiv 2502.13967; One-D-Piece's tail token drop,
+Miwa et al., arXiv 2501.10064), so that any prefix `token_ids[:, :k]` decodes, coarse for small k.
 """
 
 from __future__ import annotations
@@ -55,7 +59,8 @@ class ViTVQModelOutput(ModelOutput):
             Decoded image, in the range of the model's pixel values ([-1, 1] for the default processor).
         token_ids (`torch.LongTensor` of shape `(batch_size, num_latent_tokens)`):
             Index of the code chosen for each latent token; `(batch_size, num_latent_tokens, num_quantizers)` for
-            `quantizer_type="rvq"`; `None` for continuous (`"kl"`) tokens.
+            `quantizer_type="rvq"`; `None` for continuous (`"kl"`) tokens. Only the first `num_tokens` when `forward`
+            was given `num_tokens` (and the same for `quantized_latents`).
         quantized_latents (`torch.FloatTensor` of shape `(batch_size, num_latent_tokens, codebook_dim)`):
             Codes the decoder read (straight-through: gradients flow to the encoder); the posterior sample for `"kl"`.
         codebook_loss (`torch.FloatTensor` of shape `()`): mean((q - sg[z])^2); `None` when the quantizer has no
@@ -69,6 +74,9 @@ class ViTVQModelOutput(ModelOutput):
         quantizer_stats (`dict[str, torch.FloatTensor]`): every scalar the quantizer reports for this batch, loss
             terms (`codebook_loss`, `commitment_loss`, `entropy_loss`, `kl_loss`, ...) and statistics (`perplexity`,
             `posterior_std`, ...), for logging. Window statistics of the codebook: [`ViTVQModel.codebook_health`].
+        num_kept_tokens (`torch.LongTensor` of shape `(batch_size,)`): in a training step with tail-token dropout
+            (`config.token_dropout="tail"`), how many leading tokens the decoder of each sample read (see
+            [`sample_kept_lengths`]); `None` otherwise.
     """
 
     reconstruction: torch.FloatTensor | None = None
@@ -79,6 +87,29 @@ class ViTVQModelOutput(ModelOutput):
     quantizer_loss: torch.FloatTensor | None = None
     perplexity: torch.FloatTensor | None = None
     quantizer_stats: dict[str, torch.Tensor] | None = None
+    num_kept_tokens: torch.LongTensor | None = None
+
+
+def sample_kept_lengths(config: ViTVQConfig, batch_size: int, device: torch.device | str) -> torch.LongTensor:
+    """(batch_size,) int64: how many leading tokens the decoder of each sample reads in a training step with tail-token
+    dropout. Each sample, with probability `config.tail_dropout_prob`, keeps k tokens, k drawn from
+    `config.tail_dropout_lengths` (weighted by `config.tail_dropout_weights`) or, without those, uniformly from
+    `[config.tail_dropout_min_tokens, config.num_latent_tokens]`; the other samples keep all `num_latent_tokens`.
+
+    The draws come from torch's default generator of `device`, whose state Accelerate's checkpoints save and restore
+    (so training resumes exactly) and `torch.manual_seed` sets."""
+    num_tokens = config.num_latent_tokens
+    if config.tail_dropout_lengths is None:
+        kept = torch.randint(config.tail_dropout_min_tokens, num_tokens + 1, (batch_size,), device=device)
+    else:
+        lengths = torch.tensor(config.tail_dropout_lengths, device=device)
+        weights = config.tail_dropout_weights or [1.0] * len(lengths)
+        choices = torch.multinomial(torch.tensor(weights, dtype=torch.float, device=device), batch_size, True)
+        kept = lengths[choices]
+    if config.tail_dropout_prob < 1:
+        dropped = torch.rand(batch_size, device=device) < config.tail_dropout_prob
+        kept = torch.where(dropped, kept, num_tokens)
+    return kept
 
 
 def eager_attention_forward(
@@ -254,7 +285,12 @@ class ViTVQEncoder(nn.Module):
 
 
 class ViTVQDecoder(nn.Module):
-    """Token codes plus one shared mask token per patch -> ViT -> patch positions -> pixels (B, C, H, W)."""
+    """Token codes plus one shared mask token per patch -> ViT -> patch positions -> pixels (B, C, H, W).
+
+    With tail-token dropout (`config.token_dropout="tail"`) it also has `dropped_token_embedding`, a learned vector
+    that stands in for every token the decoder does not read (after a prefix, or dropped in training), keeping the
+    sequence at its full length; without it the decoder reads all `num_latent_tokens` codes and has no such
+    parameter."""
 
     def __init__(self, config: ViTVQConfig) -> None:
         super().__init__()
@@ -269,6 +305,8 @@ class ViTVQDecoder(nn.Module):
         self.mask_token = nn.Parameter(torch.empty(1, 1, width))
         self.position_embeddings = nn.Parameter(torch.empty(num_prefix + config.num_patches, width))
         self.latent_position_embeddings = nn.Parameter(torch.empty(config.num_latent_tokens, width))
+        has_dropout = config.token_dropout != "none"
+        self.dropped_token_embedding = nn.Parameter(torch.empty(1, 1, width)) if has_dropout else None
         self.transformer = ViTVQTransformer(config, sizes)
         self.keep = slice(num_prefix, num_prefix + config.num_patches)
         is_maskgit = config.decoder_head == "maskgit_vqgan"
@@ -276,10 +314,14 @@ class ViTVQDecoder(nn.Module):
         self.pixel_projection = None if is_maskgit else nn.Linear(width, config.patch_size**2 * config.num_channels)
         self.conv_out = None if is_maskgit else nn.Conv2d(config.num_channels, config.num_channels, 3, padding=1)
 
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        """(B, L, codebook_dim) codes -> (B, C, H, W) pixels."""
+    def forward(self, codes: torch.Tensor, num_kept: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L, codebook_dim) codes -> (B, C, H, W) pixels. With tail-token dropout, also the codes of a prefix,
+        (B, k, codebook_dim) with k < L, and `num_kept` (B,): sample b reads only its first `num_kept[b]` codes."""
         batch_size = codes.shape[0]
-        latent_tokens = self.embed(codes) + self.latent_position_embeddings  # (B, L, W)
+        latent_tokens = self.embed(codes)  # (B, k, W)
+        if self.dropped_token_embedding is not None:
+            latent_tokens = self.drop_tail(latent_tokens, num_kept)
+        latent_tokens = latent_tokens + self.latent_position_embeddings  # (B, L, W)
         mask_tokens = self.mask_token.expand(batch_size, self.grid_size**2, -1)
         prefix = [] if self.class_embedding is None else [self.class_embedding.expand(batch_size, -1, -1)]
         image_tokens = torch.cat([*prefix, mask_tokens], dim=1) + self.position_embeddings
@@ -289,6 +331,18 @@ class ViTVQDecoder(nn.Module):
             return self.maskgit_head(patch_features)
         patches = self.pixel_projection(patch_features)  # (B, grid^2, p*p*C)
         return self.conv_out(self.depth_to_space(patches))
+
+    def drop_tail(self, latent_tokens: torch.Tensor, num_kept: torch.Tensor | None) -> torch.Tensor:
+        """(B, k, W) embedded codes of a prefix -> (B, L, W): positions k..L-1, and positions >= `num_kept[b]` of
+        sample b, hold `dropped_token_embedding` (so the codes there get no gradient from the reconstruction)."""
+        batch_size, num_read, width = latent_tokens.shape
+        num_tokens = self.latent_position_embeddings.shape[0]
+        missing = self.dropped_token_embedding.expand(batch_size, num_tokens - num_read, width)
+        latent_tokens = torch.cat([latent_tokens, missing], dim=1)  # (B, L, W)
+        if num_kept is None:
+            return latent_tokens
+        kept = torch.arange(num_tokens, device=latent_tokens.device) < num_kept[:, None]  # (B, L)
+        return torch.where(kept[..., None], latent_tokens, self.dropped_token_embedding)
 
     def depth_to_space(self, patches: torch.Tensor) -> torch.Tensor:
         """(B, grid^2, p*p*C) with channels ordered (p_row, p_col, C) -> (B, C, grid*p, grid*p)."""
@@ -442,9 +496,13 @@ class ViTVQModel(ViTVQPreTrainedModel):
         self.post_init()
 
     @can_return_tuple
-    def forward(self, pixel_values: torch.Tensor, return_dict: bool | None = None) -> ViTVQModelOutput:
+    def forward(
+        self, pixel_values: torch.Tensor, num_tokens: int | None = None, return_dict: bool | None = None
+    ) -> ViTVQModelOutput:
         r"""
-        Encode, quantize and decode a batch of images.
+        Encode, quantize and decode a batch of images. In a training step (train mode with gradients recorded) of a
+        model with tail-token dropout (`config.token_dropout="tail"`), the decoder of each sample reads only a random
+        prefix of its tokens ([`sample_kept_lengths`]; `num_kept_tokens` in the output).
 
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`):
@@ -453,6 +511,10 @@ class ViTVQModel(ViTVQPreTrainedModel):
                 the quantizer changes any state: checking costs one reduction over the batch and one value read
                 back to the host per call (a host sync on a GPU, which the training loop's per-step loss read
                 makes cheap); it is skipped under `torch.compile`.
+            num_tokens (`int`, *optional*): decode from the first `num_tokens` tokens only (no random dropout then),
+                in `[config.min_num_tokens, num_latent_tokens]`: a model trained with tail-token dropout reconstructs
+                from any such prefix; `token_ids` and `quantized_latents` then hold that prefix. The quantizer still
+                reads (and, in training, updates on) all tokens.
             return_dict (`bool`, *optional*): return a [`ViTVQModelOutput`] (default) or a plain tuple.
 
         Returns:
@@ -460,18 +522,27 @@ class ViTVQModel(ViTVQPreTrainedModel):
             empty batch (batch_size 0) gives empty reconstruction, ids and latents, and NaN losses (means over no
             elements).
         """
+        if num_tokens is not None:
+            self._check_num_tokens(num_tokens)
         pixel_values = self._prepare_pixel_values(pixel_values)
         quantizer_output = self.quantize(self.encoder(pixel_values))
-        reconstruction = self.decoder(quantizer_output.quantized.to(pixel_values.dtype))
+        quantized, token_ids, num_kept = quantizer_output.quantized, quantizer_output.indices, None
+        if num_tokens is not None:
+            quantized = quantized[:, :num_tokens]
+            token_ids = None if token_ids is None else token_ids[:, :num_tokens]
+        elif self.config.token_dropout == "tail" and self.training and torch.is_grad_enabled():
+            num_kept = sample_kept_lengths(self.config, quantized.shape[0], quantized.device)
+        reconstruction = self.decoder(quantized.to(pixel_values.dtype), num_kept=num_kept)
         return ViTVQModelOutput(
             reconstruction=reconstruction,
-            token_ids=quantizer_output.indices,
-            quantized_latents=quantizer_output.quantized,
+            token_ids=token_ids,
+            quantized_latents=quantized,
             codebook_loss=quantizer_output.losses.get("codebook_loss"),
             commitment_loss=quantizer_output.losses.get("commitment_loss"),
             quantizer_loss=quantizer_output.loss,
             perplexity=quantizer_output.stats.get("perplexity"),
             quantizer_stats={**quantizer_output.losses, **quantizer_output.stats},
+            num_kept_tokens=num_kept,
         )
 
     @torch.inference_mode()
@@ -483,7 +554,7 @@ class ViTVQModel(ViTVQPreTrainedModel):
         return self.quantize.codebook_health()
 
     @inference_helper
-    def encode(self, pixel_values: torch.Tensor) -> torch.LongTensor | torch.FloatTensor:
+    def encode(self, pixel_values: torch.Tensor, num_tokens: int | None = None) -> torch.LongTensor | torch.FloatTensor:
         """Tokenize images.
 
         Args:
@@ -491,16 +562,23 @@ class ViTVQModel(ViTVQPreTrainedModel):
                 [`ViTVQImageProcessor`] does; any float dtype (cast to the model's). NaN or infinite values are a
                 `ValueError` naming the images (they would all quantize to one arbitrary code): the check reads one
                 value back per call (a host sync on a GPU), and is skipped under `torch.compile` and in ONNX graphs.
+            num_tokens: return only the first `num_tokens` tokens of each image (the same ids as the full
+                encoding's first ones), for a model trained with tail-token dropout (`config.token_dropout="tail"`),
+                whose `decode` reads such prefixes: any `num_tokens` in `[config.min_num_tokens, num_latent_tokens]`.
+                Unset: all `num_latent_tokens`.
 
         Returns:
-            `(batch_size, num_latent_tokens)` int64 token ids in `[0, codebook_size)`;
-            `(batch_size, num_latent_tokens, num_quantizers)` ids for `quantizer_type="rvq"`; for `"kl"` (continuous
-            tokens) no ids but the `(batch_size, num_latent_tokens, codebook_dim)` float32 posterior means. An empty
-            batch gives empty ids.
+            `(batch_size, num_tokens)` int64 token ids in `[0, codebook_size)`;
+            `(batch_size, num_tokens, num_quantizers)` ids for `quantizer_type="rvq"`; for `"kl"` (continuous
+            tokens) no ids but the `(batch_size, num_tokens, codebook_dim)` float32 posterior means. An empty batch
+            gives empty ids.
         """
+        if num_tokens is not None:
+            self._check_num_tokens(num_tokens)
         pixel_values = self._prepare_pixel_values(pixel_values)
         output = self.quantize(self.encoder(pixel_values))
-        return output.quantized if self.quantize.is_continuous else output.indices
+        tokens = output.quantized if self.quantize.is_continuous else output.indices
+        return tokens if num_tokens is None else tokens[:, :num_tokens]
 
     @inference_helper
     def decode(self, token_ids: torch.Tensor) -> torch.FloatTensor:
@@ -511,7 +589,10 @@ class ViTVQModel(ViTVQPreTrainedModel):
                 `[0, codebook_size)`, `(batch_size, num_latent_tokens, num_quantizers)` for `quantizer_type="rvq"`,
                 or `(batch_size, num_latent_tokens, codebook_dim)` float latents for `"kl"`. Ids of any integer dtype
                 (uint8 ... int64); ids outside `[0, codebook_size)` are a `ValueError` listing them (the check reads
-                one value back per call; it is skipped under `torch.compile`).
+                one value back per call; it is skipped under `torch.compile`). A model trained with tail-token
+                dropout (`config.token_dropout="tail"`) also decodes a prefix, `token_ids[:, :k]` for any k in
+                `[config.min_num_tokens, num_latent_tokens]` (its missing tokens read as the learned
+                `dropped_token_embedding`); other models need all `num_latent_tokens`.
 
         Returns:
             `(batch_size, num_channels, image_size, image_size)` pixel values ([-1, 1] for the default processor;
@@ -525,14 +606,43 @@ class ViTVQModel(ViTVQPreTrainedModel):
     @inference_helper
     def decode_latents(self, quantized_latents: torch.Tensor) -> torch.FloatTensor:
         """Decode continuous `(batch_size, num_latent_tokens, codebook_dim)` latents (e.g. codes interpolated by a
-        downstream model, or `ViTVQModelOutput.quantized_latents`) into `(batch_size, C, H, W)` pixel values."""
-        expected = (self.config.num_latent_tokens, self.config.codebook_dim)
-        if quantized_latents.ndim != 3 or tuple(quantized_latents.shape[1:]) != expected:
-            raise ValueError(
-                f"`quantized_latents` must have shape (batch_size, {expected[0]}, {expected[1]}), "
-                f"got {tuple(quantized_latents.shape)}."
-            )
+        downstream model, or `ViTVQModelOutput.quantized_latents`) into `(batch_size, C, H, W)` pixel values; with
+        tail-token dropout also the latents of a prefix, `(batch_size, k, codebook_dim)` (see
+        [`~ViTVQModel.decode`])."""
+        self._check_token_shape("quantized_latents", quantized_latents, (self.config.codebook_dim,))
         return self.decoder(quantized_latents.to(self.dtype))
+
+    def _prefix_note(self) -> str:
+        """Which numbers of leading tokens this model decodes, in words, for error messages."""
+        config = self.config
+        if config.token_dropout == "none":
+            return (
+                "this model was trained without tail-token dropout (token_dropout='none'): it decodes all "
+                f"{config.num_latent_tokens} tokens only; decoding a prefix needs a model trained with "
+                "token_dropout='tail'"
+            )
+        return (
+            f"this model (token_dropout='tail') decodes any prefix of k tokens with {config.min_num_tokens} <= k <= "
+            f"{config.num_latent_tokens}"
+        )
+
+    def _check_num_tokens(self, num_tokens: int) -> None:
+        """Raise a `ValueError` unless `num_tokens` is a number of leading tokens this model decodes."""
+        low, high = self.config.min_num_tokens, self.config.num_latent_tokens
+        if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or not low <= num_tokens <= high:
+            allowed = str(high) if low == high else f"an integer in [{low}, {high}]"
+            raise ValueError(f"`num_tokens` must be {allowed}, got {num_tokens!r}: {self._prefix_note()}.")
+
+    def _check_token_shape(self, name: str, tokens: torch.Tensor, trailing: tuple[int, ...]) -> None:
+        """Raise a `ValueError` unless `tokens` has shape `(batch_size, k, *trailing)`, k a number of leading tokens
+        this model decodes."""
+        low, high = self.config.min_num_tokens, self.config.num_latent_tokens
+        shape = tuple(tokens.shape)
+        layout_matches = len(shape) == 2 + len(trailing) and shape[2:] == trailing
+        if not layout_matches or not low <= shape[1] <= high:
+            dims = ", ".join(map(str, ("k" if low < high else high, *trailing)))
+            note = f": {self._prefix_note()}" if low < high or layout_matches else ""
+            raise ValueError(f"`{name}` must have shape (batch_size, {dims}), got {shape}{note}.")
 
     def _prepare_pixel_values(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Check the type, shape and values of `pixel_values`; return them in the dtype of the model's weights."""
@@ -568,14 +678,9 @@ class ViTVQModel(ViTVQPreTrainedModel):
             raise TypeError(f"`token_ids` must be a torch.Tensor of integers, got {type(token_ids)}.")
         if token_ids.is_floating_point() or token_ids.is_complex() or token_ids.dtype == torch.bool:
             raise TypeError(f"`token_ids` must be an integer tensor, got {token_ids.dtype}.")
-        expected = (config.num_latent_tokens,)
-        if config.quantizer_type == "rvq":
-            expected += (config.num_quantizers,)
-        if token_ids.ndim != 1 + len(expected) or tuple(token_ids.shape[1:]) != expected:
-            raise ValueError(
-                f"`token_ids` must have shape (batch_size, {', '.join(map(str, expected))}), "
-                f"got {tuple(token_ids.shape)}."
-            )
+        self._check_token_shape(
+            "token_ids", token_ids, (config.num_quantizers,) if config.quantizer_type == "rvq" else ()
+        )
         token_ids = token_ids.long()  # compared with codebook_size in int64, not wrapped to a narrower dtype
         if torch.compiler.is_compiling():
             return token_ids  # the range check reads values back, which would break a compiled graph

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -12,6 +15,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PHOTOS_DIR = REPO_ROOT.parent / "shared" / "data" / "photos"
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """The script at `path` (a launchable script, not part of the package: training/train.py, a benchmark) imported as
+    module `name`, once: registered in `sys.modules` under that name, where its dataclasses look their module up and
+    where a script that imports a sibling by name (`from collapse_ablation import ...`) finds it once it is loaded."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def tiny_config_kwargs(**overrides: object) -> dict:

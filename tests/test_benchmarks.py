@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from collections.abc import Iterator
@@ -11,7 +10,7 @@ from types import ModuleType
 
 import pytest
 import torch
-from conftest import tiny_config_kwargs
+from conftest import load_script, tiny_config_kwargs
 from torch.utils.flop_counter import FlopCounterMode
 
 from hf_vitvq import ViTVQConfig, ViTVQModel
@@ -21,12 +20,8 @@ BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "inference.p
 
 @pytest.fixture(scope="module")
 def bench() -> Iterator[ModuleType]:
-    spec = importlib.util.spec_from_file_location("inference_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    yield load_script(BENCHMARK, "inference_benchmark")
+    del sys.modules["inference_benchmark"]
 
 
 @pytest.mark.parametrize(

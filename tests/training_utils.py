@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,7 +9,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, load_script
 
 TRAINING_DIR = REPO_ROOT / "training"
 
@@ -29,12 +28,7 @@ QUICK_RUN = [
 
 def load_train_script() -> ModuleType:
     """`training/train.py` as a module (a script, not part of the package), imported once."""
-    if "train" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("train", TRAINING_DIR / "train.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["train"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["train"]
+    return load_script(TRAINING_DIR / "train.py", "train")
 
 
 def run_in_process(argv: list[str]) -> None:
