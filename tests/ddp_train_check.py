@@ -22,8 +22,8 @@ def main() -> None:
     seen: list[str] = []
     read_batches = trainer.stream.batches
 
-    def recording_batches(batch_size: int, num_workers: int):
-        for batch in read_batches(batch_size, num_workers):
+    def recording_batches(*args, **kwargs):
+        for batch in read_batches(*args, **kwargs):
             seen.extend(batch.names)
             yield batch
 

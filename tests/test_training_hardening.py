@@ -310,14 +310,14 @@ def test_skipped_samples_are_counted_and_named_once_however_many_epochs_meet_the
     assert caplog.text.count("Skipped an undecodable sample") == 3
 
 
-def test_the_skip_report_counts_distinct_files_read_ahead_of_training(tmp_path, caplog):
-    """One training step on 7 files whose 3 bad ones come after the first batch (unshuffled): only the prefetched
-    second batch meets them, yet the report counts them."""
+def test_the_skip_report_counts_the_distinct_files_a_worker_met(tmp_path, caplog):
+    """Two training steps on 7 files whose 3 bad ones come after the first batch (unshuffled, one DataLoader worker):
+    the second batch meets them, and the training process's report counts and names them."""
     caplog.set_level(logging.WARNING)
     folder = make_image_folder(tmp_path / "images", 8, bad=True, bad_prefix="z_")  # img000 is held out
     run_in_process([*QUICK_RUN, "--train_data_dir", str(folder), "--output_dir", str(tmp_path / "run"),
-                    "--validation_images", "1", "--max_train_steps", "1", "--shuffle_buffer_size", "0",
-                    "--checkpointing_steps", "100"])  # fmt: skip
+                    "--validation_images", "1", "--max_train_steps", "2", "--shuffle_buffer_size", "0",
+                    "--dataloader_num_workers", "1", "--checkpointing_steps", "100"])  # fmt: skip
     assert "Skipped 3 distinct undecodable training samples in all (e.g. on this process: z_empty.jpg" in caplog.text
 
 

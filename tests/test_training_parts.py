@@ -13,6 +13,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from conftest import load_script
 from training_utils import TRAINING_DIR
 
 from hf_vitvq import ViTVQImageProcessor, ViTVQModelOutput
@@ -22,12 +23,11 @@ from hf_vitvq.training.data import (
     TrainingImageStream,
     consecutive_parts,
     decode_image,
+    decode_random_crop,
     find_image_column,
     image_folder_stream,
     image_folder_streams,
     load_streams,
-    prefetch,
-    random_resized_crop,
     validation_batches,
 )
 from hf_vitvq.training.losses import LossWeights, TokenizerLoss
@@ -45,10 +45,17 @@ def test_config_file_sets_flags_and_command_line_overrides_it(tmp_path):
     assert data_args.dataset_name is None
 
 
-def test_shipped_configs_parse():
-    for path in sorted((TRAINING_DIR / "configs").glob("*.yaml")):
+def test_shipped_configs_parse(tmp_path):
+    configs = sorted((TRAINING_DIR / "configs").glob("*.yaml"))
+    tokenizer_configs = [path for path in configs if not path.name.startswith("prior_")]
+    assert len(tokenizer_configs) >= 6  # demo, S-128, B-64, L-32 and TiTok's two recipes
+    for path in tokenizer_configs:
         model_args, _, args = parse_args(["--config", str(path)])
         assert args.max_train_steps > 0, path
+    train_prior = load_script(TRAINING_DIR / "train_prior.py", "train_prior")  # the priors' configs are its own
+    for path in [path for path in configs if path.name.startswith("prior_")]:
+        model_args, _, args = train_prior.parse_args(["--config", str(path), "--train_data_dir", str(tmp_path)])
+        assert model_args.prior in ("maskgit", "ar") and args.max_train_steps > 0, path
 
 
 @pytest.mark.parametrize(
@@ -135,10 +142,14 @@ def test_decode_image_returns_none_for_undecodable_samples():
 
 def test_random_resized_crop_is_deterministic_given_the_generator():
     image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8))
-    crops = [random_resized_crop(image, 16, (0.1, 0.5), True, np.random.default_rng(7)) for _ in range(2)]
+    crops = [decode_random_crop(image, 16, (0.1, 0.5), True, np.random.default_rng(7)) for _ in range(2)]
     assert crops[0].size == (16, 16) and np.array_equal(np.asarray(crops[0]), np.asarray(crops[1]))
-    other = random_resized_crop(image, 16, (0.1, 0.5), True, np.random.default_rng(8))
+    other = decode_random_crop(image, 16, (0.1, 0.5), True, np.random.default_rng(8))
     assert not np.array_equal(np.asarray(crops[0]), np.asarray(other))
+    assert (
+        decode_random_crop({"bytes": b"not an image", "path": None}, 16, (0.1, 0.5), True, np.random.default_rng(7))
+        is None
+    )
 
 
 def test_image_folder_stream_has_one_shard_per_file(tmp_path):
@@ -172,46 +183,6 @@ def make_stream(folder: Path, rank: int = 0, world_size: int = 1, buffer: int = 
     )  # fmt: skip
 
 
-def test_stream_resumes_exactly_through_the_shuffle_buffer(tmp_path):
-    folder = make_image_folder(tmp_path / "images", 7)
-    uninterrupted = make_stream(folder).batches(3)
-    expected = [next(uninterrupted) for _ in range(6)]  # 18 images: more than two epochs of 7
-
-    # the position travels with each batch: what a checkpoint written after training on batch 4 stores
-    prefetched = prefetch(make_stream(folder).batches(3, num_workers=2), depth=3)
-    fourth = [next(prefetched) for _ in range(4)][-1]
-    prefetched.close()
-    resumed = make_stream(folder)
-    resumed.load_state_dict(json.loads(json.dumps(fourth.position)))
-    rest = resumed.batches(3, num_workers=3)
-    for batch in expected[4:]:
-        resumed_batch = next(rest)
-        assert resumed_batch.names == batch.names
-        assert torch.equal(resumed_batch.pixel_values, batch.pixel_values)
-    epoch_orders = [[name for batch in expected for name in batch.names][i : i + 7] for i in (0, 7)]
-    assert sorted(epoch_orders[0]) == sorted(epoch_orders[1]) and epoch_orders[0] != epoch_orders[1]
-
-
-def test_decoding_threads_do_not_change_the_batches(tmp_path):
-    folder = make_image_folder(tmp_path / "images", 9, bad=True)
-    serial, threaded = make_stream(folder).batches(4), make_stream(folder).batches(4, num_workers=4)
-    for _ in range(5):
-        one, other = next(serial), next(threaded)
-        assert one.names == other.names and one.position == other.position
-        assert torch.equal(one.pixel_values, other.pixel_values)
-
-
-def test_prefetch_raises_the_producer_error():
-    def failing():
-        yield 1
-        raise ValueError("broken stream")
-
-    items = prefetch(failing())
-    assert next(items) == 1
-    with pytest.raises(ValueError, match="broken stream"):
-        next(items)
-
-
 def test_processes_read_disjoint_files(tmp_path):
     folder = make_image_folder(tmp_path / "images", 8)
     seen = []
@@ -219,15 +190,6 @@ def test_processes_read_disjoint_files(tmp_path):
         batches = make_stream(folder, rank=rank, world_size=2).batches(4)
         seen.append(set(next(batches).names))
     assert seen[0].isdisjoint(seen[1]) and len(seen[0] | seen[1]) == 8
-
-
-def test_undecodable_samples_are_skipped_and_counted(tmp_path):
-    folder = make_image_folder(tmp_path / "images", 4, bad=True)
-    batch = next(make_stream(folder, buffer=0).batches(4, num_workers=2))
-    assert batch.pixel_values.shape == (4, 3, 8, 8)
-    assert sorted(batch.names) == [f"img{i:03d}.png" for i in range(4)]
-    assert batch.position["skipped_examples"] == 3
-    assert sorted(batch.position["skipped_names"]) == ["0_empty.jpg", "0_not_an_image.png", "0_truncated.jpg"]
 
 
 def test_image_column_detection_and_errors():

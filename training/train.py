@@ -12,17 +12,19 @@ checksums. The result, `OUTPUT_DIR/final`, loads with `AutoModel.from_pretrained
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 from transformers import AutoModel, get_scheduler
@@ -30,22 +32,32 @@ from transformers import AutoModel, get_scheduler
 from hf_vitvq import ViTVQImageProcessor, ViTVQModel
 from hf_vitvq.training import checkpointing
 from hf_vitvq.training.arguments import DataArguments, ModelArguments, TokenizerTrainingArguments, parse_args
-from hf_vitvq.training.data import TrainingImageStream, load_streams, prefetch, validation_batches
+from hf_vitvq.training.data import TrainingImageStream, load_streams, validation_batches
 from hf_vitvq.training.evaluation import evaluate_reconstruction, save_reconstruction_grid
-from hf_vitvq.training.losses import LossWeights, TokenizerLoss
-from hf_vitvq.training.model_card import write_model_card
+from hf_vitvq.training.losses import DiscriminatorLoss, TokenizerLoss, decoder_last_layer
+from hf_vitvq.training.model_card import describe_loss, write_model_card
 from hf_vitvq.training.trainer_utils import (
+    LPIPSUnavailableError,
     NonFiniteLossError,
     TrainingProgress,
     build_config,
+    build_discriminator,
     ema_of_floats,
+    freeze_encoder_and_quantizer,
+    load_convnext,
+    load_lpips,
+    loss_weights,
     parameter_groups,
     resolve_report_to,
+    set_train_mode,
     tracker_config,
     write_code_histogram,
 )
 
 logger = get_logger(__name__)
+
+# The discriminator's weights in a checkpoint: Accelerate names the second prepared model's file model_1.*.
+DISCRIMINATOR_FILES = ("model_1.safetensors", "model_1.bin")
 
 
 class Trainer:
@@ -64,7 +76,10 @@ class Trainer:
             ),
         )
         set_seed(args.seed)
-        self.config = build_config(model_args, data_args.resolution)
+        # Weight files before the data: a missing or wrong one stops the run before any work.
+        lpips, convnext = self.load_perceptual_networks()
+        pretrained = None if args.finetune_decoder_from is None else self.load_model_to_finetune()
+        self.config = build_config(model_args, data_args.resolution) if pretrained is None else pretrained.config
         self.resolution = self.config.image_size
         self.processor = ViTVQImageProcessor.for_config(self.config)
 
@@ -82,6 +97,8 @@ class Trainer:
             crop_scale=(data_args.random_crop_scale_min, data_args.random_crop_scale_max),
             flip=data_args.random_flip,
             max_consecutive_failures=data_args.max_consecutive_decode_failures,
+            num_workers=data_args.dataloader_num_workers,
+            draft=data_args.jpeg_draft,
         )
         self.validation = []
         if self.accelerator.is_main_process:
@@ -89,7 +106,7 @@ class Trainer:
                 data.validation, data.image_column, self.processor, data.validation_images, args.train_batch_size
             )
 
-        model = ViTVQModel(self.config)
+        model = ViTVQModel(self.config) if pretrained is None else pretrained
         if args.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         optimizer = torch.optim.AdamW(
@@ -110,10 +127,14 @@ class Trainer:
         self.progress = TrainingProgress()
         self.accelerator.register_for_checkpointing(self.lr_scheduler, self.progress)
         self.loss_fn = TokenizerLoss(
-            LossWeights(args.reconstruction_l1_weight, args.reconstruction_l2_weight, args.quantizer_loss_weight)
+            loss_weights(args), self.config.pixel_value_range, lpips, convnext, gan_weight_mode=args.gan_weight_mode
         )
+        self.discriminator = self.discriminator_optimizer = self.discriminator_scheduler = None
+        self.discriminator_loss_fn = None
+        if args.discriminator_weight > 0:
+            self.setup_discriminator()
         self.stream_state_at_step = self.stream.state_dict()
-        self.quantizer_state_at_step = self.quantizer_state()
+        self.forward_state_at_step = self.forward_state()
         self.first_step = 0  # where this run started (after resuming)
         self.usage_is_low = False  # whether the last check found the codebook usage under --codebook_usage_warning
         self.checkpoint_pusher = None
@@ -124,93 +145,154 @@ class Trainer:
                 args.hub_model_id, args.hub_token, self.output_dir, keep_last=args.checkpoints_total_limit
             )
 
-    def quantizer_state(self) -> dict[str, torch.Tensor]:
-        """A copy of the quantizer's state (codebook, EMA and usage statistics), which its forward changes: kept
-        at each optimizer step so that a step whose loss is not finite can be undone before the state is saved."""
-        quantizer = self.accelerator.unwrap_model(self.model).quantize
-        return {name: tensor.clone() for name, tensor in quantizer.state_dict().items()}
+    def load_perceptual_networks(self) -> tuple[torch.nn.Module | None, torch.nn.Module | None]:
+        """(LPIPS, the ConvNeXt term) as the loss weights ask, on this process's device; frozen, so not prepared.
+        The main process loads first (it may download LPIPS' trunk into the cache the others then read). A named
+        file or model that cannot be loaded is an error; without --lpips_trunk and with no VGG16 weights to be had,
+        LPIPS is turned off with one warning, and --lpips_weight set to 0 so that the trackers and the model card
+        record what was trained."""
+        args, accelerator = self.args, self.accelerator
+        lpips = convnext = None
+        with accelerator.main_process_first():
+            if args.lpips_weight > 0:
+                try:
+                    lpips = load_lpips(args.lpips_trunk).to(accelerator.device)
+                except LPIPSUnavailableError as error:
+                    logger.warning(
+                        f"The LPIPS term is off (--lpips_weight {args.lpips_weight} -> 0): {error}. Pass --lpips_trunk "
+                        "with the path of torchvision's vgg16-397923af.pth to use it."
+                    )
+                    args.lpips_weight = 0.0
+            if args.convnext_weight > 0:
+                convnext = load_convnext(args.convnext_model).to(accelerator.device)
+        return lpips, convnext
+
+    def load_model_to_finetune(self) -> ViTVQModel:
+        """The model of --finetune_decoder_from, with its encoder and quantizer frozen (before the optimizer and the
+        DDP wrapper see it)."""
+        source = self.args.finetune_decoder_from
+        model = ViTVQModel.from_pretrained(source)
+        resolution = self.data_args.resolution
+        if resolution is not None and resolution != model.config.image_size:
+            raise ValueError(
+                f"--resolution {resolution} differs from the image size of --finetune_decoder_from {source} "
+                f"({model.config.image_size}): leave --resolution out."
+            )
+        freeze_encoder_and_quantizer(model)
+        return model
+
+    def setup_discriminator(self) -> None:
+        """The patch discriminator, with its own AdamW (the tokenizer's betas, epsilon and weight decay, as in TiTok)
+        and scheduler (the same type and warm-up, over the steps from --discriminator_start_step), prepared by
+        Accelerate (DDP, autocast); its weights, optimizer, scheduler and the LeCAM averages are in every
+        checkpoint."""
+        args, accelerator = self.args, self.accelerator
+        discriminator = build_discriminator(
+            self.config.num_channels, self.resolution, args.discriminator_hidden_channels, seed=args.seed
+        )
+        optimizer = torch.optim.AdamW(
+            parameter_groups(discriminator, args.adam_weight_decay),
+            lr=args.discriminator_learning_rate or args.learning_rate,
+            betas=(args.adam_beta1, args.adam_beta2),
+            eps=args.adam_epsilon,
+        )
+        self.discriminator_scheduler = get_scheduler(
+            args.lr_scheduler,
+            optimizer,
+            num_warmup_steps=args.lr_warmup_steps,
+            num_training_steps=max(1, args.max_train_steps - args.discriminator_start_step),
+        )
+        self.discriminator, self.discriminator_optimizer = accelerator.prepare(discriminator, optimizer)
+        self.discriminator_loss_fn = DiscriminatorLoss(
+            args.lecam_weight, pixel_value_range=self.config.pixel_value_range
+        )
+        self.discriminator_loss_fn.to(accelerator.device)
+        accelerator.register_for_checkpointing(self.discriminator_scheduler, self.discriminator_loss_fn)
+
+    def forward_state_modules(self) -> dict[str, torch.nn.Module]:
+        """The modules whose state a training forward changes: the quantizer (codebook, EMA and usage statistics)
+        and, with the discriminator, the LeCAM averages."""
+        modules = {"quantizer": self.accelerator.unwrap_model(self.model).quantize}
+        if self.discriminator_loss_fn is not None:
+            modules["lecam"] = self.discriminator_loss_fn
+        return modules
+
+    def forward_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """A copy of the state of `forward_state_modules`: kept at each optimizer step so that a step whose loss is
+        not finite can be undone before the state is saved."""
+        return {
+            name: {key: tensor.clone() for key, tensor in module.state_dict().items()}
+            for name, module in self.forward_state_modules().items()
+        }
 
     # ------------------------------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self) -> Path:
-        """Write `checkpoint-STEP` under a temporary name and, when every process is done, its manifest of checksums
-        (main process); then rename it and prune."""
-        step = self.progress.global_step
+        """Write `checkpoint-STEP` (see `checkpointing.save_checkpoint`) with each process's data-stream position."""
         accelerator = self.accelerator
-        tmp = checkpointing.incomplete_dir(self.output_dir, step)
-        accelerator.save_state(str(tmp))
-        stream_file = tmp / f"data_state_rank{accelerator.process_index}.json"
-        stream_file.write_text(json.dumps({**self.stream_state_at_step, "world_size": accelerator.num_processes}))
-        accelerator.wait_for_everyone()
-        final = tmp.with_name(f"checkpoint-{step}")
-        if accelerator.is_main_process:
-            checkpointing.write_manifest(tmp)  # every process's files are complete: hash them before the rename
-            pusher = self.checkpoint_pusher
-            if pusher is not None:  # re-saving a step (a non-finite loss right after a checkpoint): upload over first
-                pusher.wait([final])
-            final = checkpointing.publish(self.output_dir, step)
-            logger.info(f"Saved {final}")
-            if pusher is not None:
-                pusher.push(final)  # before pruning: a queued upload this one supersedes can be deleted at once
-            self.prune_checkpoints()
-        accelerator.wait_for_everyone()
-        return final
 
-    def prune_checkpoints(self) -> None:
-        """Delete the oldest checkpoints beyond `--checkpoints_total_limit` (main process), except those an upload is
-        reading: a later call deletes them, so that no process ever waits on the network here."""
-        surplus = checkpointing.surplus_checkpoints(self.output_dir, self.args.checkpoints_total_limit)
-        if self.checkpoint_pusher is not None:
-            surplus = self.checkpoint_pusher.removable(surplus)
-        checkpointing.remove_checkpoints(surplus)
-        for removed in surplus:
-            logger.info(f"Removed old checkpoint {removed}")
+        def write_stream_state(folder: Path) -> None:
+            state = {**self.stream_state_at_step, "world_size": accelerator.num_processes}
+            (folder / f"data_state_rank{accelerator.process_index}.json").write_text(json.dumps(state))
 
-    def choose_checkpoint(self, requested: str) -> tuple[str | None, str | None]:
-        """(the checkpoint to resume from, or None to start from scratch; an error that stops the run, or None) for
-        `--resume_from_checkpoint requested`, checked against its manifest: a named checkpoint must match it, `latest`
-        is the newest checkpoint that does, with a warning for each newer one that does not. Main process only: it
-        deletes half-written folders and hashes the files."""
-        for stale in checkpointing.remove_incomplete(self.output_dir):
-            logger.warning(f"Removed incomplete checkpoint {stale} (the previous run stopped while writing it)")
-        if requested == "latest":
-            path, damaged = checkpointing.latest_intact_checkpoint(self.output_dir)
-            for problem in damaged.values():
-                logger.warning(f"{problem} Resuming from an older checkpoint instead.")
-            if path is None and damaged:
-                return None, (
-                    f"--resume_from_checkpoint latest: no intact checkpoint in {self.output_dir} (see the warnings "
-                    "above). Delete the damaged ones, or leave out --resume_from_checkpoint, to start from scratch."
-                )
-        else:
-            path = Path(requested)
-            try:
-                checkpointing.verify_checkpoint(path)
-            except checkpointing.CheckpointError as error:
-                return None, f"--resume_from_checkpoint {requested}: {error}"
-        if path is not None and not (path / checkpointing.MANIFEST_NAME).is_file():
-            logger.warning(
-                f"{path} has no {checkpointing.MANIFEST_NAME} (it was written by an older version): its files could "
-                "not be verified."
+        return checkpointing.save_checkpoint(
+            accelerator,
+            self.output_dir,
+            self.progress.global_step,
+            keep=self.args.checkpoints_total_limit,
+            uploads=self.checkpoint_pusher,
+            write_process_files=write_stream_state,
+        )
+
+    def load_accelerator_state(self, path: Path) -> None:
+        """`accelerator.load_state(path)`; a checkpoint written without the discriminator (pixel-only training, or an
+        older version) also loads into a run with one, whose discriminator, optimizer, scheduler and LeCAM averages
+        then start fresh, with a warning."""
+        has_discriminator = any((path / name).is_file() for name in DISCRIMINATOR_FILES)
+        if has_discriminator and self.discriminator is None:
+            raise checkpointing.CheckpointError(
+                f"{path} holds a discriminator (it was written with --discriminator_weight > 0): resume with "
+                "--discriminator_weight > 0, or train on from its weights with --finetune_decoder_from or a new run."
             )
-        return (None if path is None else str(path)), None
+        if has_discriminator or self.discriminator is None:
+            self.accelerator.load_state(str(path))
+            return
+        logger.warning(f"{path} holds no discriminator state: the discriminator starts from scratch.")
+        with self.checkpointing_without_discriminator():
+            self.accelerator.load_state(str(path))
+
+    @contextlib.contextmanager
+    def checkpointing_without_discriminator(self) -> Iterator[None]:
+        """Accelerate's lists of checkpointed objects without the discriminator, its optimizer, scheduler and LeCAM
+        averages (registered last) while the block runs, so that `load_state` reads a checkpoint written without
+        them. Accelerate has no public way to leave registered objects out."""
+        accelerator = self.accelerator
+        own = (
+            self.discriminator,
+            self.discriminator_optimizer,
+            self.discriminator_scheduler,
+            self.discriminator_loss_fn,
+        )
+        registered = (accelerator._models, accelerator._optimizers, accelerator._custom_objects)
+        saved = [list(objects) for objects in registered]
+        for objects in registered:
+            objects[:] = [obj for obj in objects if not any(obj is mine for mine in own)]
+        try:
+            yield
+        finally:
+            for objects, before in zip(registered, saved, strict=True):
+                objects[:] = before
 
     def resume(self) -> None:
-        """Load `--resume_from_checkpoint` (a path, or `latest` in `output_dir`: see `choose_checkpoint`), and drop
-        the entries of `train_log.jsonl` after its step."""
+        """Load `--resume_from_checkpoint` (a path, or `latest` in `output_dir`: see
+        `checkpointing.choose_resume_checkpoint`), and drop the entries of `train_log.jsonl` after its step."""
         requested = self.args.resume_from_checkpoint
         if requested is None:
             return
-        choice: list[str | None] = [None, None]
-        if self.accelerator.is_main_process:
-            choice = list(self.choose_checkpoint(requested))
-        path, error = broadcast_object_list(choice)  # every process resumes from the same one, or stops
-        if error is not None:
-            raise checkpointing.CheckpointError(error)
+        path = checkpointing.resolve_resume_checkpoint(self.accelerator, self.output_dir, requested)
         if path is None:
             logger.info(f"No checkpoint in {self.output_dir}: starting from scratch.")
             return
-        path = Path(path)
         num_processes = self.accelerator.num_processes
         stream_file = path / f"data_state_rank{self.accelerator.process_index}.json"
         stream_state = json.loads(stream_file.read_text()) if stream_file.is_file() else {}
@@ -221,12 +303,12 @@ class Trainer:
                 "process resumes its own part of the data stream, so resume with the number that wrote it."
             )
         try:
-            self.accelerator.load_state(str(path))
+            self.load_accelerator_state(path)
         except Exception as error:  # e.g. a truncated file in a checkpoint without a manifest
             raise checkpointing.CheckpointError(f"Could not load checkpoint {path}: {error}") from error
         self.stream.load_state_dict(stream_state)
         self.stream_state_at_step = self.stream.state_dict()
-        self.quantizer_state_at_step = self.quantizer_state()
+        self.forward_state_at_step = self.forward_state()
         step, log_path = self.progress.global_step, self.output_dir / "train_log.jsonl"
         if self.accelerator.is_main_process and (dropped := checkpointing.drop_log_entries_after(log_path, step)):
             logger.info(f"Dropped {dropped} lines of later steps from {log_path}")
@@ -235,31 +317,72 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ steps
 
-    def _loss_is_finite(self, loss: torch.Tensor) -> bool:
-        """True when the loss is finite on every process."""
-        bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)
-        return self.accelerator.reduce(bad, reduction="sum").item() == 0
+    def stop_unless_finite(self, losses: dict[str, torch.Tensor]) -> None:
+        """Return when every loss in `losses` (name -> scalar) is finite on every process; otherwise save the last
+        good state and raise `NonFiniteLossError` naming the loss. The forwards already fed this batch to the
+        codebook statistics and the LeCAM averages: that is undone before saving."""
+        values = torch.stack([loss.detach().float() for loss in losses.values()])
+        bad = self.accelerator.reduce((~torch.isfinite(values)).float(), reduction="sum")
+        if not bad.any():
+            return
+        step = self.progress.global_step
+        for name, module in self.forward_state_modules().items():
+            module.load_state_dict(self.forward_state_at_step[name])
+        self.save_checkpoint()
+        name, value = next((name, values[i].item()) for i, name in enumerate(losses) if bad[i])
+        raise NonFiniteLossError(
+            f"The {name} became {value} at step {step + 1}; the last good state (step {step}) is saved in "
+            f"{self.output_dir / f'checkpoint-{step}'}. Lower --learning_rate (--discriminator_learning_rate for the "
+            "discriminator), or check the data."
+        )
+
+    def discriminator_trains(self) -> bool:
+        """Whether this optimizer step trains the discriminator and counts the adversarial term."""
+        return self.discriminator is not None and self.progress.global_step >= self.args.discriminator_start_step
 
     def train_step(self, pixel_values: torch.Tensor, stream_position: dict[str, Any]) -> dict[str, float] | None:
         """One micro-batch (and the data stream's position after it); returns the logs when it ended an optimizer
-        step, else None."""
+        step, else None.
+
+        From --discriminator_start_step the tokenizer and the discriminator learn from the same batch, each moved
+        only by its own optimizer: the tokenizer's loss sees the discriminator through detached parameters, the
+        discriminator's loss sees detached reconstructions. Both losses are checked before either model changes
+        (TiTok steps the tokenizer first; the discriminator's loss does not depend on that step: it reads the
+        reconstructions made before it)."""
         args, accelerator = self.args, self.accelerator
-        with accelerator.accumulate(self.model):
+        adversarial = self.discriminator_trains()
+        models = (self.model, self.discriminator) if adversarial else (self.model,)
+        discriminator_terms: dict[str, torch.Tensor] = {}
+        with accelerator.accumulate(*models):
             output = self.model(pixel_values)
-            terms = self.loss_fn(pixel_values, output)
-            if not self._loss_is_finite(terms["loss"].detach()):
-                step = self.progress.global_step
-                # the forward already fed this batch to the codebook statistics: undo that before saving
-                self.accelerator.unwrap_model(self.model).quantize.load_state_dict(self.quantizer_state_at_step)
-                self.save_checkpoint()
-                raise NonFiniteLossError(
-                    f"The loss became {terms['loss'].item()} at step {step + 1}; the last good state (step {step}) "
-                    f"is saved in {self.output_dir / f'checkpoint-{step}'}. Lower --learning_rate, or check the data."
+            terms = self.loss_fn(
+                pixel_values,
+                output,
+                discriminator=accelerator.unwrap_model(self.discriminator) if adversarial else None,
+                last_layer_weight=decoder_last_layer(accelerator.unwrap_model(self.model)),
+            )
+            losses = {"loss": terms["loss"]}
+            if adversarial:
+                discriminator_terms = self.discriminator_loss_fn(
+                    self.discriminator, pixel_values, output.reconstruction
                 )
+                losses["discriminator loss"] = discriminator_terms["discriminator_loss"]
+            self.stop_unless_finite(losses)
             accelerator.backward(terms["loss"])
-            grad_norm = None
+            if adversarial:
+                accelerator.backward(discriminator_terms["discriminator_loss"])
+            grad_norm = discriminator_grad_norm = None
             if accelerator.sync_gradients:
-                grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                # Unscale (fp16) the gradients of both optimizers at once, before the GradScaler's update in the
+                # tokenizer's step changes the scale. Then clip each model (DDP or one device: this script does not
+                # use FSDP or DeepSpeed, whose clipping differs).
+                accelerator.unscale_gradients()
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                if adversarial:
+                    discriminator_grad_norm = torch.nn.utils.clip_grad_norm_(
+                        self.discriminator.parameters(), args.max_grad_norm
+                    )
+                    self.step_discriminator(discriminator_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         if not accelerator.sync_gradients:
@@ -272,10 +395,27 @@ class Trainer:
             pixel_values.shape[0] * accelerator.num_processes * args.gradient_accumulation_steps
         )
         self.stream_state_at_step = stream_position
-        self.quantizer_state_at_step = self.quantizer_state()
-        logs = {name: value.item() for name, value in {**output.quantizer_stats, **terms}.items()}
+        self.forward_state_at_step = self.forward_state()
+        logs = {
+            name: value.item() for name, value in {**output.quantizer_stats, **terms, **discriminator_terms}.items()
+        }
         logs.update(grad_norm=float(grad_norm), lr=self.lr_scheduler.get_last_lr()[0])
+        if adversarial:
+            logs.update(
+                discriminator_grad_norm=float(discriminator_grad_norm),
+                discriminator_lr=self.discriminator_scheduler.get_last_lr()[0],
+            )
         return logs
+
+    def step_discriminator(self, grad_norm: torch.Tensor) -> None:
+        """The discriminator's optimizer and scheduler step, on gradients already unscaled and clipped. It steps the
+        raw optimizer: `AcceleratedOptimizer.step` would unscale again after the tokenizer's step has reset the fp16
+        GradScaler. Under fp16 an overflow (a non-finite gradient norm) skips the step, as the scaler does for the
+        tokenizer, whose step then lowers the scale (the scaler saw both optimizers' gradients)."""
+        if torch.isfinite(grad_norm):
+            self.discriminator_optimizer.optimizer.step()
+        self.discriminator_optimizer.zero_grad(set_to_none=True)
+        self.discriminator_scheduler.step()
 
     def evaluation_model(self) -> ViTVQModel:
         """The weights to evaluate and export: the EMA when enabled, else the raw model."""
@@ -316,15 +456,18 @@ class Trainer:
             desc="training",
             disable=not accelerator.is_local_main_process,
         )
-        self.model.train()
+        self.set_train_mode()
         metrics: dict[str, float] = {}
         started, images_at_start = time.perf_counter(), self.progress.images_seen
-        # Batches are decoded in threads and prepared ahead while the model trains on the current one.
-        batches = prefetch(self.stream.batches(args.train_batch_size, self.data_args.dataloader_num_workers))
+        # DataLoader workers decode and crop batches ahead while the model trains on the current one; on a GPU the
+        # batches come in page-locked memory and their copies overlap the work queued before them. Not through
+        # `accelerator.prepare`, which would shard each process's stream again (see `_worker_loader` in data.py).
+        batches = self.stream.batches(args.train_batch_size, pin_memory=accelerator.device.type == "cuda")
         try:
             while self.progress.global_step < args.max_train_steps:
                 batch = next(batches)
-                logs = self.train_step(batch.pixel_values.to(accelerator.device), batch.position)
+                pixel_values = batch.pixel_values.to(accelerator.device, non_blocking=True)
+                logs = self.train_step(pixel_values, batch.stream_state)
                 if logs is None:
                     continue
                 step = self.progress.global_step
@@ -340,8 +483,8 @@ class Trainer:
                 if step % args.validation_steps == 0 or step == args.max_train_steps:
                     self.model.eval()
                     metrics = self.validate()
-                    self.model.train()
-        finally:  # stops the prefetching thread, also after an error
+                    self.set_train_mode()
+        finally:  # stops the DataLoader workers, also after an error
             batches.close()
         progress_bar.close()
         self.report_skipped()
@@ -349,11 +492,18 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ messages and export
 
+    def set_train_mode(self) -> None:
+        """Train mode for the model, but for the frozen encoder and quantizer of decoder fine-tuning."""
+        set_train_mode(
+            self.accelerator.unwrap_model(self.model), decoder_only=self.args.finetune_decoder_from is not None
+        )
+
     def log_train(self, logs: dict[str, float]) -> None:
         """Send training scalars and the codebook's health over the recent steps (usage, perplexity, dead codes;
         the code histogram to tensorboard) to the trackers, and append the scalars to `output_dir/train_log.jsonl`."""
         step = self.progress.global_step
-        health = self.accelerator.unwrap_model(self.model).codebook_health()
+        # a frozen quantizer (decoder fine-tuning) counts no code hits: its statistics are the loaded model's
+        health = {} if self.args.finetune_decoder_from else self.accelerator.unwrap_model(self.model).codebook_health()
         histogram = health.pop("code_frequency", None)
         logs = {**logs, **{name: value.item() for name, value in health.items()}}
         if "codebook_usage" in logs:
@@ -391,39 +541,28 @@ class Trainer:
             f"  batch {args.train_batch_size} x {args.gradient_accumulation_steps} accumulation x "
             f"{accelerator.num_processes} process(es) = {effective_batch} images per step, on {accelerator.device} "
             f"({accelerator.distributed_type}, mixed precision {accelerator.mixed_precision})\n"
-            f"  {args.max_train_steps} steps, checkpoints every {args.checkpointing_steps} in {self.output_dir}",
+            f"  {args.max_train_steps} steps, checkpoints every {args.checkpointing_steps} in {self.output_dir}\n"
+            f"  loss: {describe_loss(args)}",
             main_process_only=True,
         )
 
     def report_skipped(self) -> None:
         """Log how many distinct training samples failed to decode, on all processes together (each counted once,
-        however many epochs met it, and those of the batches read ahead of training too)."""
-        position = self.stream.position  # what was read, prefetched batches included
-        counts = torch.tensor([position.skipped_examples], device=self.accelerator.device)
+        however many epochs met it), as the DataLoader workers reported them in the batches taken so far."""
+        counts = torch.tensor([self.stream.skipped_examples], device=self.accelerator.device)
         total = int(self.accelerator.reduce(counts, reduction="sum").item())
         if total:
-            names = ", ".join(position.skipped_names[:5])
+            names = ", ".join(self.stream.skipped_names[:5])
             examples = f" (e.g. on this process: {names})" if names else ""
             logger.warning(f"Skipped {total} distinct undecodable training samples in all{examples}.")
             self.accelerator.log({"train/skipped_samples": total}, step=self.progress.global_step)
 
     def finish_pushes(self) -> None:
-        """Wait for the checkpoint uploads still under way (main process), delete the checkpoints kept for them, and
-        name those that failed. Later calls do nothing."""
+        """Finish the checkpoint uploads still under way (main process; see `CheckpointPusher.finish`). Later calls
+        do nothing."""
         pusher, self.checkpoint_pusher = self.checkpoint_pusher, None
-        if pusher is None:
-            return
-        if pending := pusher.pending():
-            logger.info(f"Waiting for {len(pending)} checkpoint upload(s) to the Hub to finish")
-        pusher.wait()
-        self.prune_checkpoints()
-        # the checkpoints just deleted on disk may still be in the repo
-        pusher.prune().exception()  # waits for it; a failure is logged
-        if pusher.failed:
-            names = ", ".join(
-                f"{path.name} ({'on disk' if path.is_dir() else 'deleted since'})" for path in pusher.failed
-            )
-            logger.warning(f"These checkpoints were not pushed to the Hub: {names}")
+        if pusher is not None:
+            pusher.finish()
 
     def export(self, metrics: dict[str, float]) -> Path:
         """Save `final/` (EMA weights when enabled, with `final_raw/` beside it), reload it with `AutoModel`,

@@ -23,7 +23,6 @@ import difflib
 import gc
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,17 +31,17 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, HfArgumentParser, PretrainedConfig, get_scheduler
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, get_scheduler
 
 from hf_vitvq import ViTVQConfig, ViTVQImageProcessor, ViTVQMaskGITConfig, ViTVQMaskGITModel, ViTVQModel
 from hf_vitvq.ar_prior import ARPriorVocabulary, ar_prior_config, set_generation_defaults
 from hf_vitvq.configuration_vitvq_maskgit import prior_sequence_shape
 from hf_vitvq.generation_pipeline import ViTVQGenerationPipeline, image_grid, load_prior
 from hf_vitvq.training import checkpointing
-from hf_vitvq.training.arguments import default_warmup_steps, read_config_file
+from hf_vitvq.training.arguments import default_warmup_steps, parse_config_and_flags
 from hf_vitvq.training.prior_data import SequenceBatches, TokenData, load_token_data, pretokenize_info
 from hf_vitvq.training.prior_evaluation import (
     class_unigram_bits_per_token,
@@ -175,22 +174,7 @@ def parse_args(
     argv: list[str] | None = None,
 ) -> tuple[PriorModelArguments, TokenDataArguments, PriorTrainingArguments]:
     """Parse `--config FILE` (optional) and command-line flags, the command line winning, then check them."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
-    parser.add_argument("--config", default=None, help="YAML or JSON file of these flags.")
-    config_path = parser.parse_known_args(argv)[0].config
-    if config_path is not None:
-        file_values = read_config_file(config_path)
-        unknown = sorted(set(file_values) - {action.dest for action in parser._actions})
-        if unknown:
-            raise ValueError(f"--config {config_path}: unknown flags {unknown}")
-        if isinstance(file_values.get("model_overrides"), dict):  # YAML users write a mapping
-            file_values["model_overrides"] = json.dumps(file_values["model_overrides"])
-        parser.set_defaults(**file_values)
-    *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    model_args, data_args, training_args, _namespace = parsed
-    if remaining:
-        raise ValueError(f"Unknown arguments: {remaining}")
+    model_args, data_args, training_args = parse_config_and_flags(ARGUMENT_CLASSES, argv)
     check_args(model_args, data_args, training_args)
     return model_args, data_args, training_args
 
@@ -367,65 +351,26 @@ class PriorTrainer:
     # ------------------------------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self) -> Path:
-        """Write `checkpoint-STEP` under a temporary name and its manifest of checksums (main process), then rename
-        it and prune."""
-        step, accelerator = self.progress.global_step, self.accelerator
-        tmp = checkpointing.incomplete_dir(self.output_dir, step)
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
-        final = tmp.with_name(f"checkpoint-{step}")
-        if accelerator.is_main_process:
-            checkpointing.write_manifest(tmp)
-            if self.checkpoint_pusher is not None:  # re-saving a step (non-finite loss right after a checkpoint)
-                self.checkpoint_pusher.wait([final])
-            final = checkpointing.publish(self.output_dir, step)
-            logger.info(f"Saved {final}")
-            if self.checkpoint_pusher is not None:
-                self.checkpoint_pusher.push(final)
-            self.prune_checkpoints()
-        accelerator.wait_for_everyone()
-        return final
-
-    def prune_checkpoints(self) -> None:
-        """Delete the oldest checkpoints beyond `--checkpoints_total_limit` that no upload is reading."""
-        surplus = checkpointing.surplus_checkpoints(self.output_dir, self.args.checkpoints_total_limit)
-        if self.checkpoint_pusher is not None:
-            surplus = self.checkpoint_pusher.removable(surplus)
-        checkpointing.remove_checkpoints(surplus)
-
-    def choose_checkpoint(self) -> tuple[str | None, str | None]:
-        """(the checkpoint to resume from or None, an error or None) for `--resume_from_checkpoint`, checked against
-        its manifest; `latest` falls back past damaged checkpoints with a warning. Main process only."""
-        requested = self.args.resume_from_checkpoint
-        for stale in checkpointing.remove_incomplete(self.output_dir):
-            logger.warning(f"Removed incomplete checkpoint {stale} (the previous run stopped while writing it)")
-        if requested != "latest":
-            try:
-                checkpointing.verify_checkpoint(requested)
-            except checkpointing.CheckpointError as error:
-                return None, f"--resume_from_checkpoint {requested}: {error}"
-            return requested, None
-        path, damaged = checkpointing.latest_intact_checkpoint(self.output_dir)
-        for problem in damaged.values():
-            logger.warning(f"{problem} Resuming from an older checkpoint instead.")
-        if path is None and damaged:
-            return None, f"--resume_from_checkpoint latest: no intact checkpoint in {self.output_dir}."
-        return (None if path is None else str(path)), None
+        """Write `checkpoint-STEP` (see `checkpointing.save_checkpoint`)."""
+        return checkpointing.save_checkpoint(
+            self.accelerator,
+            self.output_dir,
+            self.progress.global_step,
+            keep=self.args.checkpoints_total_limit,
+            uploads=self.checkpoint_pusher,
+        )
 
     def resume(self) -> None:
-        """Load `--resume_from_checkpoint` (see `choose_checkpoint`) and drop the log entries after its step."""
-        if self.args.resume_from_checkpoint is None:
+        """Load `--resume_from_checkpoint` (see `checkpointing.choose_resume_checkpoint`) and drop the log entries
+        after its step."""
+        requested = self.args.resume_from_checkpoint
+        if requested is None:
             return
-        choice: list[str | None] = [None, None]
-        if self.accelerator.is_main_process:
-            choice = list(self.choose_checkpoint())
-        path, error = broadcast_object_list(choice)
-        if error is not None:
-            raise checkpointing.CheckpointError(error)
+        path = checkpointing.resolve_resume_checkpoint(self.accelerator, self.output_dir, requested)
         if path is None:
             logger.info(f"No checkpoint in {self.output_dir}: starting from scratch.")
             return
-        self.accelerator.load_state(path)
+        self.accelerator.load_state(str(path))
         step, log_path = self.progress.global_step, self.output_dir / "train_log.jsonl"
         if self.accelerator.is_main_process:
             checkpointing.drop_log_entries_after(log_path, step)
@@ -590,13 +535,11 @@ class PriorTrainer:
     # ------------------------------------------------------------------------------------------ export
 
     def finish_pushes(self) -> None:
-        """Wait for the checkpoint uploads still under way (main process), then prune."""
+        """Finish the checkpoint uploads still under way (main process; see `CheckpointPusher.finish`). Later calls
+        do nothing."""
         pusher, self.checkpoint_pusher = self.checkpoint_pusher, None
-        if pusher is None:
-            return
-        pusher.wait()
-        self.prune_checkpoints()
-        pusher.prune().exception()  # waits for it; a failure is logged
+        if pusher is not None:
+            pusher.finish()
 
     def export(self, metrics: dict[str, float]) -> Path:
         """Save `final/` (EMA weights when enabled, `final_raw/` beside it) with a model card, reload it, write a grid

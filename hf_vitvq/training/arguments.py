@@ -19,6 +19,7 @@ from transformers import HfArgumentParser
 from hf_vitvq import ViTVQConfig
 
 from .data import first_image_file
+from .losses import GAN_WEIGHT_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,21 @@ class DataArguments:
     random_crop_scale_max: float = field(default=1.0, metadata={"help": "Largest crop area of RandomResizedCrop."})
     random_flip: bool = field(default=True, metadata={"help": "Flip training images horizontally at random."})
     dataloader_num_workers: int = field(
-        default=4, metadata={"help": "Threads that decode and crop training images (0: the training thread)."}
+        default=2,
+        metadata={
+            "help": "DataLoader worker processes per training process that read, decode, crop and normalise "
+            "training images (0: the training process itself). A GPU needs enough to supply its step rate "
+            "(benchmarks/data_throughput.py measures images/s per worker). At most the number of shards of each "
+            "process's stream (a worker reads whole shards). The stream depends on it: resume with the same number."
+        },
+    )
+    jpeg_draft: bool = field(
+        default=True,
+        metadata={
+            "help": "Decode a JPEG at 1/2, 1/4 or 1/8 scale (DCT-domain downscaling) when the random crop's source "
+            "region stays at least twice the crop size: the same crop geometry, about 2x faster for 256 px crops of "
+            "1600x1200 photos (benchmarks/data_throughput.py)."
+        },
     )
     max_consecutive_decode_failures: int = field(
         default=100,
@@ -128,6 +143,80 @@ class TokenizerTrainingArguments:
     reconstruction_l1_weight: float = field(default=0.0)
     reconstruction_l2_weight: float = field(default=1.0)
     quantizer_loss_weight: float = field(default=1.0)
+    lpips_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the LPIPS (v0.1, VGG16) perceptual term (TiTok's single-stage recipe: 1.0). Without "
+            "--lpips_trunk and with no cached or downloadable VGG16 weights the term is turned off with a warning."
+        },
+    )
+    lpips_trunk: str | None = field(
+        default=None,
+        metadata={
+            "help": "torchvision's VGG16 weights file (vgg16-397923af.pth) for LPIPS. Default: the torch hub cache "
+            "($TORCH_HOME/hub/checkpoints/), downloaded there when online. A missing or wrong file is an error."
+        },
+    )
+    convnext_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of TiTok's ConvNeXt-S perceptual term (single-stage recipe: 0.1; stage 2: 0.1)."},
+    )
+    convnext_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "The ConvNeXt classifier of --convnext_weight: torchvision's convnext_small state-dict file "
+            "(convnext_small-0c510722.pth, TiTok's), or a Hub id or folder of a ConvNextForImageClassification "
+            "(e.g. facebook/convnext-small-224, a different checkpoint: the loss values differ from TiTok's)."
+        },
+    )
+    discriminator_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the adversarial term -mean D(x_hat) in the tokenizer's loss (TiTok single-stage: 0.1, "
+            "stage 2: 0.01). 0 turns the discriminator off."
+        },
+    )
+    discriminator_start_step: int = field(
+        default=0,
+        metadata={
+            "help": "Optimizer steps before the discriminator trains and the adversarial term counts (TiTok stage 2: "
+            "20000); a value >= --max_train_steps leaves them off, with a warning."
+        },
+    )
+    discriminator_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Peak learning rate of the discriminator's AdamW (same betas, weight decay, scheduler type and "
+            "warm-up as the tokenizer's; its schedule spans the steps after --discriminator_start_step). "
+            "Default: --learning_rate (TiTok: 1e-4 for both)."
+        },
+    )
+    discriminator_hidden_channels: int = field(
+        default=128,
+        metadata={
+            "help": "Width of the patch discriminator's first stage (TiTok: 128, about 1.9 M parameters; the cost "
+            "grows with its square: small images train well with 32)."
+        },
+    )
+    lecam_weight: float = field(
+        default=0.001, metadata={"help": "Weight of the LeCAM regulariser in the discriminator's loss (TiTok's)."}
+    )
+    gan_weight_mode: str = field(
+        default="fixed",
+        metadata={
+            "help": "fixed: the adversarial term weighs --discriminator_weight (TiTok); adaptive: "
+            "--discriminator_weight times VQGAN's ratio of the gradient norms of the reconstruction and adversarial "
+            "terms at the decoder's last layer (clamped to [0, 1e4])."
+        },
+    )
+    finetune_decoder_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "A trained model folder or Hub id: train only its decoder (TiTok's stage 2), with the encoder and "
+            "quantizer frozen (no gradients, no codebook updates, eval mode). The model's config comes from there: "
+            "--model_config, --codebook_recipe and --model_overrides do not apply."
+        },
+    )
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16."})
     use_ema: bool = field(default=False, metadata={"help": "Keep an EMA of the weights; `final/` then holds it."})
     ema_decay: float = field(default=0.999)
@@ -183,10 +272,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TokenizerTrainingArguments]:
-    """Parse `--config FILE` (optional) and command-line flags, the command line winning, then check them."""
+def parse_config_and_flags(argument_classes: tuple[type, ...], argv: list[str] | None = None) -> tuple[Any, ...]:
+    """One instance of each of `argument_classes` (dataclasses of flags) from `--config FILE` (optional: a YAML or JSON
+    file of these flags) and the command-line flags `argv` (default: `sys.argv[1:]`), the command line winning. Raises
+    a `ValueError` naming unknown flags, in the file or on the command line."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    parser = HfArgumentParser(argument_classes)
     parser.add_argument("--config", default=None, help="YAML or JSON file of these flags.")
     config_path = parser.parse_known_args(argv)[0].config
     if config_path is not None:
@@ -198,10 +289,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
         if isinstance(file_values.get("model_overrides"), dict):  # YAML users write a mapping
             file_values["model_overrides"] = json.dumps(file_values["model_overrides"])
         parser.set_defaults(**file_values)
-    *dataclasses_, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    model_args, data_args, training_args, _namespace = dataclasses_
+    *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if remaining:
         raise ValueError(f"Unknown arguments: {remaining}")
+    return tuple(parsed[: len(argument_classes)])  # the last one is the namespace of --config
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TokenizerTrainingArguments]:
+    """Parse `--config FILE` (optional) and command-line flags of `train.py`, the command line winning, then check
+    them."""
+    model_args, data_args, training_args = parse_config_and_flags(ARGUMENT_CLASSES, argv)
     check_args(model_args, data_args, training_args)
     return model_args, data_args, training_args
 
@@ -251,6 +348,7 @@ def check_args(model_args: ModelArguments, data_args: DataArguments, training_ar
         raise ValueError("--checkpoints_total_limit must be >= 1 (or left unset to keep every checkpoint).")
     if not 0 < training_args.ema_decay < 1:
         raise ValueError(f"--ema_decay must be in (0, 1), got {training_args.ema_decay}.")
+    check_loss_args(model_args, training_args)
     if model_args.model_overrides is not None:
         try:
             overrides = json.loads(model_args.model_overrides)
@@ -262,3 +360,35 @@ def check_args(model_args: ModelArguments, data_args: DataArguments, training_ar
             ViTVQConfig.check_field_names(overrides)
         except ValueError as error:
             raise ValueError(f"--model_overrides: {error}") from error
+
+
+def check_loss_args(model_args: ModelArguments, training_args: TokenizerTrainingArguments) -> None:
+    """Raise a ValueError for bad perceptual, adversarial and decoder fine-tuning flags; warn about a discriminator
+    that would never train."""
+    args = training_args
+    for name in ("lpips_weight", "convnext_weight", "discriminator_weight", "lecam_weight",
+                 "discriminator_start_step"):  # fmt: skip
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}.")
+    if args.gan_weight_mode not in GAN_WEIGHT_MODES:
+        raise ValueError(
+            f"--gan_weight_mode must be one of {', '.join(GAN_WEIGHT_MODES)}, got {args.gan_weight_mode!r}."
+        )
+    if args.discriminator_learning_rate is not None and not args.discriminator_learning_rate > 0:
+        raise ValueError(f"--discriminator_learning_rate must be > 0, got {args.discriminator_learning_rate}.")
+    if args.discriminator_hidden_channels < 1:
+        raise ValueError(f"--discriminator_hidden_channels must be >= 1, got {args.discriminator_hidden_channels}.")
+    if args.convnext_weight > 0 and args.convnext_model is None:
+        raise ValueError(
+            "--convnext_weight needs --convnext_model: torchvision's convnext_small-0c510722.pth (TiTok's weights), "
+            "or a Hub id or folder of a ConvNextForImageClassification such as facebook/convnext-small-224."
+        )
+    if args.discriminator_weight > 0 and args.discriminator_start_step >= args.max_train_steps:
+        logger.warning(
+            f"--discriminator_start_step {args.discriminator_start_step} >= --max_train_steps {args.max_train_steps}: "
+            "the discriminator never trains and the adversarial term never counts in this run."
+        )
+    if args.finetune_decoder_from is not None and model_args.model_overrides is not None:
+        raise ValueError(
+            "--finetune_decoder_from takes the model's config from the trained model: leave out --model_overrides."
+        )

@@ -7,10 +7,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 INCOMPLETE_SUFFIX = ".incomplete"
@@ -182,3 +189,104 @@ def remove_checkpoints(paths: list[Path]) -> None:
     """Delete checkpoint folders (those `surplus_checkpoints` returned)."""
     for path in paths:
         shutil.rmtree(path)
+
+
+# ---------------------------------------------------------------------------------------------- in a training run
+
+
+class CheckpointUploads(Protocol):
+    """What saving and pruning need of `hf_vitvq.training.hub.CheckpointPusher` (uploads in the background)."""
+
+    def wait(self, paths: list[Path] | None = None) -> None: ...
+
+    def push(self, folder: Path) -> Any: ...
+
+    def removable(self, paths: list[Path]) -> list[Path]: ...
+
+
+def prune_checkpoints(output_dir: str | Path, keep: int | None, uploads: CheckpointUploads | None = None) -> list[Path]:
+    """Delete the oldest checkpoints beyond the `keep` newest (main process), except those an upload is still reading:
+    a later call deletes them, so that no process ever waits on the network here. Returns the deleted folders."""
+    surplus = surplus_checkpoints(output_dir, keep)
+    if uploads is not None:
+        surplus = uploads.removable(surplus)
+    remove_checkpoints(surplus)
+    for removed in surplus:
+        logger.info(f"Removed old checkpoint {removed}")
+    return surplus
+
+
+def save_checkpoint(
+    accelerator: Accelerator,
+    output_dir: str | Path,
+    step: int,
+    keep: int | None = None,
+    uploads: CheckpointUploads | None = None,
+    write_process_files: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write `checkpoint-STEP` as every process of a run must, together: `accelerator.save_state` and each process's
+    own files (`write_process_files(folder)`) into a temporary folder; once all are done, the manifest of checksums
+    (main process), the atomic rename, the upload (`uploads`: queued before pruning, so that a queued upload this
+    one supersedes can be dropped at once) and the pruning to the `keep` newest. Returns the checkpoint folder."""
+    tmp = incomplete_dir(output_dir, step)
+    accelerator.save_state(str(tmp))
+    if write_process_files is not None:
+        write_process_files(tmp)
+    accelerator.wait_for_everyone()
+    final = tmp.with_name(f"checkpoint-{step}")
+    if accelerator.is_main_process:
+        write_manifest(tmp)  # every process's files are complete: hash them before the rename
+        if uploads is not None:  # re-saving a step (a non-finite loss right after a checkpoint): upload over first
+            uploads.wait([final])
+        final = publish(output_dir, step)
+        logger.info(f"Saved {final}")
+        if uploads is not None:
+            uploads.push(final)
+        prune_checkpoints(output_dir, keep, uploads)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def choose_resume_checkpoint(output_dir: str | Path, requested: str) -> Path | None:
+    """The checkpoint `--resume_from_checkpoint requested` means, checked against its manifest (main process only: it
+    deletes half-written folders and hashes the files): a named checkpoint must match it (else `CheckpointError`
+    naming the file); `latest` is the newest checkpoint that does, with a warning for each newer one that does not,
+    or None when `output_dir` holds none (start from scratch)."""
+    for stale in remove_incomplete(output_dir):
+        logger.warning(f"Removed incomplete checkpoint {stale} (the previous run stopped while writing it)")
+    if requested == "latest":
+        path, damaged = latest_intact_checkpoint(output_dir)
+        for problem in damaged.values():
+            logger.warning(f"{problem} Resuming from an older checkpoint instead.")
+        if path is None and damaged:
+            raise CheckpointError(
+                f"--resume_from_checkpoint latest: no intact checkpoint in {output_dir} (see the warnings above). "
+                "Delete the damaged ones, or leave out --resume_from_checkpoint, to start from scratch."
+            )
+    else:
+        path = Path(requested)
+        try:
+            verify_checkpoint(path)
+        except CheckpointError as error:
+            raise CheckpointError(f"--resume_from_checkpoint {requested}: {error}") from error
+    if path is not None and not (path / MANIFEST_NAME).is_file():
+        logger.warning(
+            f"{path} has no {MANIFEST_NAME} (it was written by an older version): its files could not be verified."
+        )
+    return path
+
+
+def resolve_resume_checkpoint(accelerator: Accelerator, output_dir: str | Path, requested: str) -> Path | None:
+    """[`choose_resume_checkpoint`] on the main process, its answer (or its error) sent to every process: all resume
+    from the same checkpoint, or all stop."""
+    choice: list[str | None] = [None, None]
+    if accelerator.is_main_process:
+        try:
+            path = choose_resume_checkpoint(output_dir, requested)
+            choice = [None if path is None else str(path), None]
+        except CheckpointError as error:
+            choice = [None, str(error)]
+    path, error = broadcast_object_list(choice)
+    if error is not None:
+        raise CheckpointError(error)
+    return None if path is None else Path(path)

@@ -1,11 +1,15 @@
-"""Training data: image streams from any `datasets` source, sharded per process, shuffled, resumable exactly.
+"""Training data: image streams from any `datasets` source, sharded per process and per DataLoader worker, shuffled,
+decoded in the workers, resumable exactly.
 
 Exact resume through a shuffle buffer: `IterableDataset.state_dict()` drops the buffered examples, so instead the
-stream is made a pure function of (seed, epoch, rank) — `shuffle(seed)` plus `set_epoch(epoch)` reproduce the
-same order — and the position is the number of raw examples this rank has consumed in the current epoch. On
-resume the stream is rebuilt and that many examples are skipped without decoding them (images are read as
-undecoded bytes and decoded by us, which is also how undecodable samples are caught, counted and skipped).
-Random crops and flips are seeded per example from (seed, epoch, rank, position), so they replay exactly too.
+stream is made a pure function of (seed, epoch, rank, worker) — each epoch is the stream shuffled with a seed drawn
+from (seed, epoch), split between the processes, and `datasets` gives each DataLoader worker the same shards of it —
+and the position is, for each worker, the number of raw examples it has consumed in its current epoch. On resume the
+stream is rebuilt and each worker skips that many examples without decoding them (images are read as undecoded bytes
+and decoded by us, which is also how undecodable samples are caught, counted and skipped). Random crops and flips are
+seeded per example from (seed, epoch, rank, worker, position), so they replay exactly too. See `TrainingImageStream`.
+
+Evaluation-style reading (validation, evaluation, pre-tokenization) shares the worker machinery: `CenterCroppedBatches`.
 """
 
 from __future__ import annotations
@@ -14,12 +18,10 @@ import copy
 import io
 import itertools
 import logging
-import queue
-import threading
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from functools import cache
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,6 +32,7 @@ import torch
 from datasets import Features, IterableDataset
 from datasets import Image as ImageFeature
 from datasets.distributed import split_dataset_by_node
+from torch.utils.data import DataLoader
 
 from hf_vitvq import ViTVQImageProcessor
 from hf_vitvq.image_processing_vitvq import normalize_pixels, to_rgb_array
@@ -278,56 +281,204 @@ def load_streams(data_args: Any, resolution: int, world_size: int = 1) -> Traini
 
 # ---------------------------------------------------------------------------------------------- decoding
 
+# Errors PIL raises on files that are not images or do not decode (truncated, zero bytes, pixels out of range).
+_DECODING_ERRORS = (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError)
+# JPEGs are decoded at reduced scale (`draft_reduction`) only while the crop's source region keeps at least this many
+# times the output side, so that the final bicubic resize still downscales by 2x or more. Measured on the 180 shared
+# photos (`benchmarks/data_throughput.py`, PSNR of the final crop against the full decode, mean / worst): centre crops
+# drafted down to 2x the output side 45.5 / 37.3 dB, closer to the full decode than a Lanczos resize of it is to the
+# bicubic one (41.6 / 33.4 dB); drafted down to 1x 35.0 / 25.9 dB, a visible softening.
+DRAFT_MIN_OUTPUT_RATIO = 2
 
-def decode_image(value: Any) -> PIL.Image.Image | None:
-    """An RGB PIL image from a dataset value (undecoded `{"bytes", "path"}`, a PIL image, or raw bytes), or None
-    when it cannot be decoded (truncated file, zero bytes, not an image, pixel values out of range). Converted to RGB
-    by the image processor's `to_rgb_array` (16-bit data scaled, transparency composited on white); high-precision
-    pixels (16-bit, float) are then rounded to 8 bits, since the training stream crops PIL images."""
+
+def _open_image(value: Any) -> PIL.Image.Image | None:
+    """The image of a dataset value (undecoded `{"bytes", "path"}`, raw bytes, or a PIL image, returned as it is),
+    opened but not decoded (PIL has read its header only), or None when it is not an image."""
+    if isinstance(value, PIL.Image.Image):
+        return value
+    if isinstance(value, dict):
+        source = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
+    else:
+        source = io.BytesIO(value) if isinstance(value, (bytes, bytearray)) else None
+    if not source:
+        return None
     try:
-        if isinstance(value, PIL.Image.Image):
-            image = value
-        elif isinstance(value, (bytes, bytearray)):
-            image = PIL.Image.open(io.BytesIO(value))
-        elif isinstance(value, dict) and value.get("bytes"):
-            image = PIL.Image.open(io.BytesIO(value["bytes"]))
-        elif isinstance(value, dict) and value.get("path"):
-            image = PIL.Image.open(value["path"])
-        else:
-            return None
-        image.load()  # decode now: a truncated file fails here, not later in the batch
-        rgb = to_rgb_array(image)
-        return PIL.Image.fromarray(rgb if rgb.dtype == np.uint8 else np.rint(rgb).astype(np.uint8))
-    except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError):
+        return PIL.Image.open(source)
+    except _DECODING_ERRORS:
         return None
 
 
-def random_resized_crop(
-    image: PIL.Image.Image,
+def _decoded_rgb(image: PIL.Image.Image) -> PIL.Image.Image | None:
+    """Decode an opened image (now: a truncated file fails here, not later in the batch) and convert it to RGB with
+    the image processor's `to_rgb_array` (16-bit data scaled, transparency composited on white); high-precision pixels
+    (16-bit, float) are then rounded to 8 bits, since the streams crop PIL images. None when that fails."""
+    try:
+        image.load()
+        if image.mode == "RGB":  # what `to_rgb_array` would return, without copying the image twice
+            return image
+        rgb = to_rgb_array(image)
+    except _DECODING_ERRORS:
+        return None
+    return PIL.Image.fromarray(rgb if rgb.dtype == np.uint8 else np.rint(rgb).astype(np.uint8))
+
+
+def decode_image(value: Any) -> PIL.Image.Image | None:
+    """An RGB PIL image from a dataset value (undecoded `{"bytes", "path"}`, a PIL image, or raw bytes), decoded in
+    full, or None when it cannot be decoded (truncated file, zero bytes, not an image, pixel values out of range).
+    Converted to RGB by the image processor's `to_rgb_array`, then rounded to 8 bits."""
+    image = _open_image(value)
+    return None if image is None else _decoded_rgb(image)
+
+
+def draft_reduction(source_side: float, output_side: int) -> int:
+    """The scale reduction (1, 2, 4 or 8) at which to decode a JPEG for a crop whose source region's short side is
+    `source_side` pixels and whose output is `output_side` pixels: the largest that leaves the region at least
+    `DRAFT_MIN_OUTPUT_RATIO` times the output side; 1 (full decode) when even 2 does not."""
+    return next((factor for factor in (8, 4, 2) if source_side >= DRAFT_MIN_OUTPUT_RATIO * factor * output_side), 1)
+
+
+def sample_crop_box(
+    size: tuple[int, int], scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator
+) -> tuple[int, int, int, int]:
+    """RandomResizedCrop's box `(left, top, right, bottom)` in an image of `size` (width, height): a random area
+    (fraction in `scale`, aspect ratio in `ratio`), or the largest centred square when 10 draws do not fit."""
+    width, height = size
+    area = width * height
+    for _ in range(10):  # Python floats: `round` of NumPy scalars costs 10x more
+        target_area = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        crop_w, crop_h = round(math.sqrt(target_area * aspect)), round(math.sqrt(target_area / aspect))
+        if 0 < crop_w <= width and 0 < crop_h <= height:
+            left, top = int(rng.integers(0, width - crop_w + 1)), int(rng.integers(0, height - crop_h + 1))
+            return left, top, left + crop_w, top + crop_h
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
+def decode_random_crop(
+    value: Any,
     size: int,
     scale: tuple[float, float],
     flip: bool,
     rng: np.random.Generator,
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
-) -> PIL.Image.Image:
-    """Crop a random area (fraction in `scale`, aspect ratio in `ratio`) and resize it to `size` x `size`; with
-    `flip`, mirror it half of the time. Falls back to the largest centred square when no sample fits."""
-    width, height = image.size
-    area = width * height
-    for _ in range(10):
-        target_area = area * rng.uniform(*scale)
-        aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
-        crop_w, crop_h = round(np.sqrt(target_area * aspect)), round(np.sqrt(target_area / aspect))
-        if 0 < crop_w <= width and 0 < crop_h <= height:
-            left, top = int(rng.integers(0, width - crop_w + 1)), int(rng.integers(0, height - crop_h + 1))
-            break
-    else:
-        crop_w = crop_h = min(width, height)
-        left, top = (width - crop_w) // 2, (height - crop_h) // 2
-    crop = image.resize((size, size), PIL.Image.Resampling.BICUBIC, box=(left, top, left + crop_w, top + crop_h))
+    draft: bool = True,
+) -> PIL.Image.Image | None:
+    """A random resized crop (`sample_crop_box`, bicubic) of a dataset value, `size` x `size` RGB, mirrored half of
+    the time with `flip`; None when the value does not decode. With `draft`, a JPEG file much larger than the crop is
+    decoded at 1/2, 1/4 or 1/8 scale (`draft_reduction`; DCT-domain downscaling by `PIL.Image.draft`) and the box is
+    scaled to match: the same crop geometry from a fraction of the decoding work. (A PIL image value is already
+    decoded, or someone else's to decode: it is cropped at full scale.)"""
+    image = _open_image(value)
+    if image is None:
+        return None
+    box = sample_crop_box(image.size, scale, ratio, rng)
+    reduction = draft_reduction(min(box[2] - box[0], box[3] - box[1]), size) if draft else 1
+    image_scale = 1.0
+    if reduction > 1 and image is not value:
+        width = image.width
+        drafted = image.draft(image.mode, (width // reduction, image.height // reduction))  # None: not a JPEG
+        if drafted is not None:
+            image_scale = width / drafted[1][2]  # the box of the whole image at the decoded scale
+    rgb = _decoded_rgb(image)
+    if rgb is None:
+        return None
+    crop = rgb.resize((size, size), PIL.Image.Resampling.BICUBIC, box=tuple(edge / image_scale for edge in box))
     if flip and rng.random() < 0.5:
         crop = crop.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
     return crop
+
+
+def example_name(example: dict[str, Any], image_column: str, fallback: str) -> str:
+    """What to call an example in reports: its `name` column, its webdataset `__key__`, the image's file path (an
+    undecoded `Image` value), else `fallback`."""
+    image = example.get(image_column)
+    path = image.get("path") if isinstance(image, dict) else None
+    return str(example.get("name") or example.get("__key__") or path or fallback)
+
+
+def _undecoded(dataset: IterableDataset, image_column: str) -> IterableDataset:
+    """`dataset` with its `Image` column (if `image_column` is one) left undecoded: the readers decode, and skip
+    what fails."""
+    features = dataset.features
+    if features is not None and image_column in features and isinstance(features[image_column], ImageFeature):
+        return dataset.cast_column(image_column, ImageFeature(decode=False))
+    return dataset
+
+
+# ---------------------------------------------------------------------------------------------- DataLoader workers
+
+
+class _Example(NamedTuple):
+    """One image as a reader yields it to the DataLoader, which batches them in the worker (`collate_fn`)."""
+
+    # a training crop (R, R, 3) uint8 or a processed image (3, H, W) float32; None: no image, only the `skipped`
+    # names at the end of a finite stream
+    pixels: np.ndarray | None
+    name: str
+    worker: int
+    position: dict[str, Any] | None  # the worker's `StreamPosition` right after this example (training streams)
+    skipped: list[str]  # undecodable examples this worker met since its previous image
+
+
+class _WorkerExamples(torch.utils.data.IterableDataset):
+    """The torch dataset a DataLoader runs: in each worker process (in the loading process when there are none), the
+    examples of `read(worker_id)`. A `datasets` stream iterated in a worker reads only that worker's shards: `datasets`
+    splits them between the workers by itself (shards w, w + W, ... of each epoch's shard order to worker w)."""
+
+    def __init__(self, read: Callable[[int], Iterator[_Example]]) -> None:
+        self.read = read
+
+    def __iter__(self) -> Iterator[_Example]:
+        worker = torch.utils.data.get_worker_info()
+        return self.read(0 if worker is None else worker.id)
+
+
+def _worker_loader(
+    read: Callable[[int], Iterator[_Example]],
+    batch_size: int,
+    num_workers: int,
+    collate_fn: Callable[[list[_Example]], Any],
+    pin_memory: bool,
+) -> DataLoader:
+    """A DataLoader of `read`'s examples in batches made in `num_workers` worker processes (0: this process).
+
+    Not for `accelerator.prepare`: in a multi-process run it shards an iterable dataset again (`datasets`' `shard`, or
+    `IterableDatasetShard`, which keeps every `num_processes`-th batch) or dispatches rank 0's batches to all, where
+    each process here already reads only its own shards. The training loop moves the batches to its device itself.
+    """
+    return DataLoader(
+        _WorkerExamples(read),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        pin_memory=pin_memory,
+        # the workers' seeds (unused: the readers seed their own generators) are drawn from this generator instead of
+        # the global one, whose state a resumed run restores and must not see advanced
+        generator=torch.Generator(),
+    )
+
+
+def _in_turn_from(batches: Iterator[Any], readers: int, first: int) -> Iterator[Any]:
+    """The batches of a DataLoader, which takes them from its workers 0, 1, ..., W-1, 0, ... in turn, reordered to
+    take them in turn from worker `first` on: each round of `readers` batches rotated by `first`."""
+    while True:
+        held = list(itertools.islice(batches, first))
+        yield from itertools.islice(batches, readers - first)
+        yield from held
+
+
+def _capped_workers(requested: int, dataset: IterableDataset, what: str) -> int:
+    """At most one worker per shard of `dataset` (a worker reads whole shards: others would idle), with a warning."""
+    num_workers = min(requested, dataset.num_shards)
+    if num_workers < requested:
+        logger.warning(
+            "%s has %d shard(s) and a DataLoader worker reads whole shards: reading it with %d worker(s) instead of "
+            "%d (--dataloader_num_workers). Split the data into more files for more.",
+            what, dataset.num_shards, num_workers, requested,
+        )  # fmt: skip
+    return num_workers
 
 
 # ---------------------------------------------------------------------------------------------- resumable stream
@@ -335,11 +486,12 @@ def random_resized_crop(
 
 @dataclass
 class StreamPosition:
-    """Where one process is in its stream: the epoch and how many raw examples of it were consumed."""
+    """Where one reader of a process's stream (a DataLoader worker, or the process itself without workers) is in
+    its part of the stream: the epoch, how many raw examples of it were consumed, and the undecodable samples met."""
 
     epoch: int = 0
     examples_in_epoch: int = 0
-    skipped_examples: int = 0  # distinct undecodable samples so far (those of the first epoch: see `_record_skip`)
+    skipped_examples: int = 0  # distinct undecodable samples so far (those of the first epoch: see `_read`)
     skipped_names: list[str] = field(default_factory=list)  # the first few, for the report
 
     def to_dict(self) -> dict[str, Any]:
@@ -347,51 +499,60 @@ class StreamPosition:
 
 
 @dataclass
-class TrainingBatch:
-    """Augmented pixel values (B, 3, R, R), the names of their examples, and the stream position after them."""
+class ImageBatch:
+    """Pixel values (B, 3, H, W) float32 and the names of their examples (`example_name`)."""
 
     pixel_values: torch.Tensor
     names: list[str]
+
+    def pin_memory(self) -> ImageBatch:
+        """This batch in page-locked memory, for asynchronous copies to a GPU (the DataLoader's `pin_memory`)."""
+        return replace(self, pixel_values=self.pixel_values.pin_memory())
+
+
+@dataclass
+class TrainingBatch(ImageBatch):
+    """Augmented training images, with where they came from: the DataLoader worker that read them (0 without
+    workers), its position right after them, and the undecodable samples of its first epoch met on the way; the
+    training process adds the whole stream's state right after them, which a checkpoint taken after training on them
+    must store."""
+
+    worker: int
     position: dict[str, Any]
+    skipped: list[str]
+    stream_state: dict[str, Any] | None = None
 
 
-def prefetch(iterator: Iterator[Any], depth: int = 2) -> Iterator[Any]:
-    """Run `iterator` in a background thread, `depth` items ahead; its exceptions are raised here. Closing the
-    returned generator stops the thread."""
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                items.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in iterator:
-                if not put(item):
-                    return
-        except BaseException as error:  # handed to the consumer
-            put(error)
-        put(done)
-
-    threading.Thread(target=produce, daemon=True, name="prefetch").start()
-    try:
-        while (item := items.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
+def _collate_crops(pixel_value_range: tuple[float, float], examples: list[_Example]) -> TrainingBatch:
+    """A training batch of crops (in the worker): uint8 crops to float32 pixel values in `pixel_value_range`, looked up
+    in the 256 values `normalize_pixels` gives (the same numbers, in one pass over the batch and one allocation)."""
+    values = normalize_pixels(torch.arange(256, dtype=torch.uint8), pixel_value_range).numpy()
+    height, width, channels = examples[0].pixels.shape
+    pixels = np.empty((len(examples), channels, height, width), np.float32)
+    for image, example in zip(pixels, examples, strict=True):
+        np.take(values, example.pixels.transpose(2, 0, 1), out=image)  # (R, R, 3) uint8 -> (3, R, R) float32
+    last = examples[-1]
+    return TrainingBatch(
+        pixel_values=torch.from_numpy(pixels),
+        names=[example.name for example in examples],
+        worker=last.worker,
+        position=last.position,
+        skipped=[name for example in examples for name in example.skipped],
+    )
 
 
 class TrainingImageStream:
-    """Endless batches of augmented training images for this process, resumable at any batch boundary.
+    """Endless batches of augmented training images for this process, read by DataLoader workers, resumable at any
+    batch boundary.
+
+    Exact resume with any number of workers: worker w of W reads its own shards of each epoch (`datasets`' worker
+    split of this process's shuffled stream), so its examples are a pure function of (seed, epoch, rank, w), and its
+    position is the epoch and how many raw examples of it it consumed; each crop is seeded from (seed, epoch, rank, w,
+    index). The DataLoader takes batches from the workers in turn; the stream's state is every worker's position and
+    whose turn is next (`state_dict`). A resumed stream restarts each worker at its position, skipping the examples
+    it had consumed without decoding them, and takes its first batch from the worker whose turn was next. So the
+    batches depend on the number of workers (resume with the number that wrote the state) and, with several, which
+    images make up a batch depends on the batch size.
 
     Args:
         dataset: the full training stream (before sharding and shuffling).
@@ -400,10 +561,13 @@ class TrainingImageStream:
         resolution: side of the square crops.
         seed: shuffle and augmentation seed (the same on every process).
         rank, world_size: this process and the number of processes; each reads a disjoint part.
-        shuffle_buffer_size: 0 disables shuffling.
+        shuffle_buffer_size: 0 disables shuffling (each worker has a buffer of this size).
         crop_scale, flip: RandomResizedCrop area range and horizontal flips.
-        max_consecutive_failures: raise after this many samples in a row fail to decode (a stream of no images at
-            all would otherwise loop forever).
+        max_consecutive_failures: raise after this many samples in a row of one worker fail to decode (a stream of
+            no images at all would otherwise loop forever).
+        num_workers: DataLoader worker processes that read, decode, crop and normalise (0: the process that iterates
+            `batches`); at most the number of shards of this process's stream, since a worker reads whole shards.
+        draft: decode JPEGs much larger than the crop at reduced scale (see `decode_random_crop`).
     """
 
     def __init__(
@@ -419,126 +583,236 @@ class TrainingImageStream:
         crop_scale: tuple[float, float] = (0.8, 1.0),
         flip: bool = True,
         max_consecutive_failures: int = 100,
+        num_workers: int = 0,
+        draft: bool = True,
     ) -> None:
-        features = dataset.features
-        if features is not None and image_column in features and isinstance(features[image_column], ImageFeature):
-            dataset = dataset.cast_column(image_column, ImageFeature(decode=False))  # we decode, and skip failures
-        if shuffle_buffer_size > 0:
-            dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
-        self.dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size) if world_size > 1 else dataset
+        self.source = _undecoded(dataset, image_column)  # we decode, and skip failures
         self.image_column = image_column
         self.pixel_value_range = pixel_value_range
         self.resolution = resolution
         self.seed = seed
         self.rank = rank
+        self.world_size = world_size
+        self.shuffle_buffer_size = shuffle_buffer_size
         self.crop_scale = crop_scale
         self.flip = flip
         self.max_consecutive_failures = max_consecutive_failures
-        self.failures_in_a_row = 0  # undecodable samples since the last decodable one
-        self.first_failures: list[str] = []  # the names of the first few of them
-        self.position = StreamPosition()
+        self.draft = draft
+        self.dataset = self.epoch_stream(0)
+        self.num_workers = _capped_workers(num_workers, self.dataset, f"The training stream of process {rank}")
+        self.positions = [StreamPosition() for _ in range(max(1, self.num_workers))]  # one per worker
+        self.next_worker = 0  # the worker whose batch comes next
 
-    def _examples(self) -> Iterator[tuple[Any, str, int, int]]:
-        """(image value, name, epoch, index in epoch) from the current position on, epoch after epoch."""
+    def epoch_stream(self, epoch: int) -> IterableDataset:
+        """This process's part of the stream in `epoch`: its shard order and shuffle buffer seeded from (seed,
+        epoch), the same on every process, then split between the processes. A new stream for each epoch rather than
+        `set_epoch`: a `datasets` stream keeps its epoch in shared memory, which would couple the workers' epochs."""
+        dataset = self.source
+        if self.shuffle_buffer_size > 0:
+            epoch_seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
+            dataset = dataset.shuffle(seed=epoch_seed, buffer_size=self.shuffle_buffer_size)
+        if self.world_size > 1:
+            dataset = split_dataset_by_node(dataset, rank=self.rank, world_size=self.world_size)
+        return dataset
+
+    def batches(self, batch_size: int, pin_memory: bool = False) -> Iterator[TrainingBatch]:
+        """Endless batches from the current state on, each made by one worker, the workers in turn. Each carries the
+        stream's state right after it (`stream_state`). `pin_memory`: in page-locked memory, for asynchronous copies
+        to a GPU. Closing the iterator stops the workers."""
+        read = partial(self._read, positions=copy.deepcopy(self.positions))
+        collate = partial(_collate_crops, self.pixel_value_range)
+        loader = _worker_loader(read, batch_size, self.num_workers, collate, pin_memory)
+        for batch in _in_turn_from(iter(loader), len(self.positions), self.next_worker):
+            self._record(batch)
+            batch.stream_state = self.state_dict()
+            yield batch
+
+    def _read(self, worker: int, positions: list[StreamPosition]) -> Iterator[_Example]:
+        """The crops of `worker`'s part of the stream from `positions[worker]` on, epoch after epoch (in the worker).
+
+        An undecodable sample is skipped; it is counted and named in the first epoch only, in which the workers of
+        all processes together read every sample once (decoding is deterministic: later epochs fail on the same)."""
+        position = positions[worker]
+        failures: list[str] = []  # the undecodable samples since the last decodable one
+        skipped: list[str] = []  # first-epoch undecodable samples since the last yielded crop
         while True:
-            self.dataset.set_epoch(self.position.epoch)
-            examples = itertools.islice(iter(self.dataset), self.position.examples_in_epoch, None)
-            produced = False
-            for example in examples:
-                produced = True
-                epoch, index = self.position.epoch, self.position.examples_in_epoch
-                self.position.examples_in_epoch += 1
-                name = example.get("name") or example.get("__key__") or index  # webdataset samples have keys
-                yield example[self.image_column], str(name), epoch, index
-            if not produced and self.position.examples_in_epoch == 0:
+            read_any = False
+            for example in itertools.islice(iter(self.epoch_stream(position.epoch)), position.examples_in_epoch, None):
+                read_any = True
+                epoch, index = position.epoch, position.examples_in_epoch
+                position.examples_in_epoch += 1
+                name = example_name(example, self.image_column, str(index))
+                rng = np.random.default_rng([self.seed, epoch, self.rank, worker, index])
+                crop = decode_random_crop(example[self.image_column], self.resolution, self.crop_scale, self.flip,
+                                          rng, draft=self.draft)  # fmt: skip
+                if crop is not None:
+                    failures = []
+                    yield _Example(np.asarray(crop), name, worker, position.to_dict(), skipped)
+                    skipped = []
+                    continue
+                failures.append(name)
+                if len(failures) >= self.max_consecutive_failures:
+                    reader = f", DataLoader worker {worker}" if self.num_workers else ""
+                    raise ValueError(
+                        f"{len(failures)} training samples in a row could not be decoded on process {self.rank}"
+                        f"{reader} (e.g. {', '.join(failures[:5])}): check the data and --image_column, or raise "
+                        "--max_consecutive_decode_failures."
+                    )
+                if epoch == 0:
+                    position.skipped_examples += 1
+                    if len(position.skipped_names) < 20:
+                        position.skipped_names.append(name)
+                    skipped.append(name)
+            if not read_any and position.examples_in_epoch == 0:
+                reader = f" (DataLoader worker {worker}, epoch {position.epoch})" if self.num_workers else ""
                 raise ValueError(
-                    f"The training stream of process {self.rank} is empty: its shards hold no examples. Where "
+                    f"The training stream of process {self.rank}{reader} is empty: its shards hold no examples. Where "
                     "validation images are held out of the first shard, that shard trains only on what lies beyond "
-                    "them: pass --validation_split or fewer --validation_images, or run on fewer processes."
+                    "them: pass --validation_split or fewer --validation_images, or run on fewer processes or "
+                    "DataLoader workers."
                 )
-            self.position.epoch += 1
-            self.position.examples_in_epoch = 0
+            position.epoch += 1
+            position.examples_in_epoch = 0
 
-    def _decode_and_augment(self, example: tuple[Any, str, int, int]) -> PIL.Image.Image | None:
-        """The augmented crop of one raw example, or None if it does not decode. A pure function of the example
-        and its place in the stream (the crop is seeded from it), so it may run in any thread."""
-        value, _, epoch, index = example
-        image = decode_image(value)
-        if image is None:
-            return None
-        rng = np.random.default_rng([self.seed, epoch, self.rank, index])
-        return random_resized_crop(image, self.resolution, self.crop_scale, self.flip, rng)
+    def _record(self, batch: TrainingBatch) -> None:
+        """Take the state after `batch` (in the training process), and warn about the undecodable samples it met."""
+        self.positions[batch.worker] = StreamPosition(**batch.position)
+        self.next_worker = (batch.worker + 1) % len(self.positions)
+        total = self.skipped_examples
+        for count, name in enumerate(batch.skipped, start=total - len(batch.skipped) + 1):
+            logger.warning("Skipped an undecodable sample (%s); %d so far.", name, count)
 
-    def batches(self, batch_size: int, num_workers: int = 0) -> Iterator[TrainingBatch]:
-        """Endless batches; `num_workers` threads decode and crop (0: this thread). Each batch carries the stream
-        position right after it, which is what a checkpoint taken after training on it must store."""
-        examples = self._examples()
-        with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
-            prepare = pool.map if num_workers > 0 else map
-            while True:
-                crops, names = [], []
-                while len(crops) < batch_size:
-                    # each raw example gives at most one crop: reading `missing` of them never overshoots
-                    raw = [next(examples) for _ in range(batch_size - len(crops))]
-                    for example, crop in zip(raw, prepare(self._decode_and_augment, raw), strict=True):
-                        if crop is None:
-                            self._record_skip(example[1], epoch=example[2])
-                        else:
-                            self.failures_in_a_row, self.first_failures = 0, []
-                            crops.append(crop)
-                            names.append(example[1])
-                # (B, R, R, 3) uint8 -> (B, 3, R, R) float32 in pixel_value_range
-                pixels = torch.from_numpy(np.stack([np.asarray(crop) for crop in crops])).permute(0, 3, 1, 2)
-                pixel_values = normalize_pixels(pixels.contiguous(), self.pixel_value_range)
-                yield TrainingBatch(pixel_values, names, copy.deepcopy(self.position.to_dict()))
+    @property
+    def skipped_examples(self) -> int:
+        """Distinct undecodable samples in the batches taken so far, all workers together."""
+        return sum(position.skipped_examples for position in self.positions)
 
-    def _record_skip(self, name: str, epoch: int) -> None:
-        """Count an undecodable sample of `epoch`, warn about it, and raise once `max_consecutive_failures` samples
-        in a row failed. Each sample is counted and named once: in the first epoch, in which the processes together read
-        every sample once (decoding is deterministic: the later epochs fail on the same samples)."""
-        self.failures_in_a_row += 1
-        if len(self.first_failures) < 5:
-            self.first_failures.append(name)
-        if self.failures_in_a_row >= self.max_consecutive_failures:
-            raise ValueError(
-                f"{self.failures_in_a_row} training samples in a row could not be decoded on process {self.rank} "
-                f"(e.g. {', '.join(self.first_failures)}): check the data and --image_column, or raise "
-                "--max_consecutive_decode_failures."
-            )
-        if epoch > 0:
-            return
-        self.position.skipped_examples += 1
-        if len(self.position.skipped_names) < 20:
-            self.position.skipped_names.append(name)
-        logger.warning("Skipped an undecodable sample (%s); %d so far.", name, self.position.skipped_examples)
+    @property
+    def skipped_names(self) -> list[str]:
+        """The first few of them, worker after worker."""
+        return [name for position in self.positions for name in position.skipped_names]
 
     def state_dict(self) -> dict[str, Any]:
-        return self.position.to_dict()
+        return {
+            "num_workers": self.num_workers,
+            "next_worker": self.next_worker,
+            "workers": [position.to_dict() for position in self.positions],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.position = StreamPosition(**state)
+        if "workers" not in state:
+            raise ValueError(
+                f"The data stream's state {sorted(state)} was written before the stream was read by DataLoader "
+                "workers, by a version that this one cannot resume: resume with that version, or start from scratch."
+            )
+        written_by = state["num_workers"]
+        if written_by != self.num_workers:
+            raise ValueError(
+                f"The data stream's state was written by {written_by} DataLoader worker(s) per process and this run "
+                f"reads the stream with {self.num_workers}: each worker resumes its own part of it, so resume with "
+                f"--dataloader_num_workers {written_by}."
+            )
+        self.positions = [StreamPosition(**position) for position in state["workers"]]
+        self.next_worker = state["next_worker"]
+
+
+# ---------------------------------------------------------------------------------------------- centre crops
+
+
+def _collate_processed(examples: list[_Example]) -> tuple[ImageBatch | None, list[str]]:
+    """(the batch of the processed images among `examples`, or None if there are none; the undecodable ones met)."""
+    images = [example for example in examples if example.pixels is not None]
+    skipped = [name for example in examples for name in example.skipped]
+    if not images:
+        return None, skipped
+    return ImageBatch(torch.from_numpy(np.stack([image.pixels for image in images])), [i.name for i in images]), skipped
+
+
+class CenterCroppedBatches:
+    """The images of a dataset as an image processor prepares them (resize, centre crop, normalisation: the same
+    pixel values as `processor(images)`), in batches read by DataLoader workers; for validation, evaluation and
+    pre-tokenization. No augmentation, no draft decoding, one pass.
+
+    Iterating yields `ImageBatch`es: (B, 3, H, W) float32 pixel values and the names of their examples (the `name`
+    column, a webdataset `__key__`, the image's file path, else `"{worker}:{index}"`, its place in the stream of the
+    worker that read it). With workers, each reads its own shards of the dataset and the batches come from the workers
+    in turn: their order, and which images `limit` keeps, depend on `num_workers`. Undecodable examples are skipped:
+    each is logged as a warning and its name added to `skipped`.
+
+    Args:
+        dataset: a dataset or stream with images in `image_column` (an `Image` feature, decoded or not; or
+            undecoded `{"bytes", "path"}` values, or bytes).
+        image_column: the column holding the images.
+        processor: prepares each image (`processor(image)`).
+        batch_size: images per batch (a worker's last batch may hold fewer).
+        num_workers: DataLoader worker processes that read, decode and process (0: the iterating process); at most
+            the dataset's number of shards.
+        limit: stop after this many images (None: all).
+        pin_memory: batches in page-locked memory, for asynchronous copies to a GPU.
+    """
+
+    def __init__(
+        self,
+        dataset: datasets.Dataset | IterableDataset,
+        image_column: str,
+        processor: ViTVQImageProcessor,
+        batch_size: int,
+        num_workers: int = 0,
+        limit: int | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        self.dataset = _undecoded(as_stream(dataset), image_column)
+        self.image_column = image_column
+        self.processor = processor
+        self.batch_size = batch_size
+        self.num_workers = _capped_workers(num_workers, self.dataset, "The dataset")
+        self.limit = limit
+        self.pin_memory = pin_memory
+        self.skipped: list[str] = []  # names of the undecodable examples met by the current or last iteration
+
+    def __iter__(self) -> Iterator[ImageBatch]:
+        self.skipped = []
+        loader = _worker_loader(self._read, self.batch_size, self.num_workers, _collate_processed, self.pin_memory)
+        remaining = self.limit
+        for batch, skipped in loader:
+            for name in skipped:
+                logger.warning("Skipped an undecodable image (%s).", name)
+            self.skipped.extend(skipped)
+            if batch is None:
+                continue
+            if remaining is not None:
+                batch = ImageBatch(batch.pixel_values[:remaining], batch.names[:remaining])
+                remaining -= len(batch.names)
+            yield batch
+            if remaining == 0:
+                return
+
+    def _read(self, worker: int) -> Iterator[_Example]:
+        """The processed images of `worker`'s shards (in the worker)."""
+        skipped: list[str] = []
+        for index, example in enumerate(self.dataset):
+            name = example_name(example, self.image_column, f"{worker}:{index}")
+            image = decode_image(example[self.image_column])
+            if image is None:
+                skipped.append(name)
+                continue
+            yield _Example(self.processor(image, return_tensors="np").pixel_values[0], name, worker, None, skipped)
+            skipped = []
+        if skipped:  # undecodable examples after the worker's last image: reported on their own
+            yield _Example(None, "", worker, None, skipped)
 
 
 def validation_batches(
     dataset: IterableDataset, image_column: str, processor: ViTVQImageProcessor, limit: int, batch_size: int
 ) -> list[torch.Tensor]:
-    """The first `limit` decodable validation images, resized and centre-cropped by `processor`, in batches."""
-    features = dataset.features
-    if features is not None and image_column in features and isinstance(features[image_column], ImageFeature):
-        dataset = dataset.cast_column(image_column, ImageFeature(decode=False))
-    images = []
-    for example in dataset:
-        image = decode_image(example[image_column])
-        if image is not None:
-            images.append(image)
-        if len(images) == limit:
-            break
-    if not images:
+    """The first `limit` decodable validation images, resized and centre-cropped by `processor`, in batches (read in
+    this process: the same images whatever the number of training workers)."""
+    batches = [batch.pixel_values for batch in CenterCroppedBatches(dataset, image_column, processor, batch_size,
+                                                                     limit=limit)]  # fmt: skip
+    count = sum(len(batch) for batch in batches)
+    if not count:
         raise ValueError("The validation set has no decodable image.")
-    if len(images) < limit:
+    if count < limit:
         logger.warning("Validating on %d images: the validation set has no more decodable ones (asked: %d).",
-                       len(images), limit)  # fmt: skip
-    return [
-        processor(images[start : start + batch_size], return_tensors="pt").pixel_values
-        for start in range(0, len(images), batch_size)
-    ]
+                       count, limit)  # fmt: skip
+    return batches

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
-from .checkpointing import checkpoint_dirs
+from .checkpointing import checkpoint_dirs, prune_checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,20 @@ class CheckpointPusher:
         with self._lock:
             busy = {folder for folder in self.pending() if folder not in self._queued or not self._superseded(folder)}
         return [folder for folder in folders if folder not in busy]
+
+    def finish(self) -> None:
+        """At the end of a run: wait for the uploads still under way, delete the checkpoints on disk beyond
+        `keep_last` that were kept for them, bring the repo's `checkpoints/` in line (a failure is logged), and name
+        the checkpoints that could not be pushed."""
+        if pending := self.pending():
+            logger.info(f"Waiting for {len(pending)} checkpoint upload(s) to the Hub to finish")
+        self.wait()
+        prune_checkpoints(self.output_dir, self.keep_last)
+        self.prune().exception()  # waits for it; a failure is logged
+        if self.failed:
+            where = {path: "on disk" if path.is_dir() else "deleted since" for path in self.failed}
+            names = ", ".join(f"{path.name} ({state})" for path, state in where.items())
+            logger.warning(f"These checkpoints were not pushed to the Hub: {names}")
 
     def wait(self, folders: Iterable[Path] | None = None) -> None:
         """Block until the uploads of `folders` (default: all) are over, successful, skipped or not."""

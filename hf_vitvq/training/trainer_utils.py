@@ -1,21 +1,35 @@
 """Pieces of the tokenizer training loop that do not need the loop itself: the model config a run builds, the
-optimizer's parameter groups, the weight EMA, progress counters saved in checkpoints, tracker helpers."""
+optimizer's parameter groups, the weight EMA, progress counters saved in checkpoints, tracker helpers, the perceptual
+networks and the discriminator a run uses, and the freezing of decoder fine-tuning."""
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import constants
 from torch import nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from hf_vitvq import ViTVQConfig
+from hf_vitvq import ViTVQConfig, ViTVQModel
+from hf_vitvq.configuration_vitvq import looks_like_local_path
 
 from .arguments import CODEBOOK_RECIPES, ModelArguments, TokenizerTrainingArguments
+from .discriminator import PatchDiscriminator
+from .losses import LossWeights
+from .perceptual import (
+    LPIPS,
+    ConvNextPerceptualLoss,
+    PerceptualWeightsError,
+    find_lpips_heads,
+    lpips_trunk_available,
+    vgg16_cache_path,
+)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -124,3 +138,94 @@ def resolve_report_to(report_to: str) -> str | None:
             return None
         return "tensorboard"
     return None if report_to == "none" else report_to
+
+
+class LPIPSUnavailableError(RuntimeError):
+    """LPIPS was asked for without `--lpips_trunk`, and torchvision's VGG16 weights are neither cached nor
+    downloadable: training goes on without the term (after one warning)."""
+
+
+def load_lpips(lpips_trunk: str | None) -> LPIPS:
+    """LPIPS with torchvision's VGG16 trunk from `lpips_trunk`, else from the torch hub cache, else downloaded (not
+    tried under `HF_HUB_OFFLINE=1`). A named file that is missing or wrong, a damaged cached file, or missing LPIPS
+    heads raise `PerceptualWeightsError`; no file named, none cached and no download raise `LPIPSUnavailableError`.
+    The global random state is left as it was (the trunk is initialised before its weights load)."""
+    find_lpips_heads()  # the heads ship with torchmetrics: without them, an error rather than a silent fallback
+    with torch.random.fork_rng(devices=[]):
+        if lpips_trunk is not None or lpips_trunk_available():
+            return LPIPS(lpips_trunk)
+        if constants.HF_HUB_OFFLINE:
+            raise LPIPSUnavailableError(
+                f"no VGG16 weights in {vgg16_cache_path()} and HF_HUB_OFFLINE is set, so no download was tried"
+            )
+        try:
+            return LPIPS()
+        except PerceptualWeightsError as error:
+            raise LPIPSUnavailableError(str(error)) from error
+
+
+def load_convnext(model_id_or_path: str) -> ConvNextPerceptualLoss:
+    """The ConvNeXt perceptual term from a torchvision state-dict file, a folder or a Hub id; a file or checkpoint
+    that cannot be loaded raises `PerceptualWeightsError` naming it. The global random state is left as it was."""
+    if looks_like_local_path(model_id_or_path) and not Path(model_id_or_path).exists():
+        raise PerceptualWeightsError(
+            f"--convnext_model {model_id_or_path}: no such file or folder. Expected torchvision's convnext_small "
+            "state-dict file, or a folder or Hub id of a ConvNextForImageClassification."
+        )
+    with torch.random.fork_rng(devices=[]):
+        try:
+            return ConvNextPerceptualLoss.from_pretrained(model_id_or_path)
+        except OSError as error:  # transformers: not a folder, not on the Hub, or offline and not cached
+            raise PerceptualWeightsError(
+                f"Could not load the ConvNeXt classifier {model_id_or_path!r} (--convnext_model): {error}"
+            ) from error
+
+
+def build_discriminator(num_channels: int, image_size: int, hidden_channels: int, seed: int) -> PatchDiscriminator:
+    """TiTok's patch discriminator (3 stages) for `image_size` images: logits on a grid of
+    min(16, image_size / 8) cells (TiTok's 16x16 at 256 px; not more cells than the last stage has), GroupNorm with
+    gcd(32, hidden_channels) groups (TiTok's 32 at width 128). Initialised from `seed` without touching the global
+    random state, so that turning the discriminator on changes nothing else in a run."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return PatchDiscriminator(
+            num_channels=num_channels,
+            hidden_channels=hidden_channels,
+            num_groups=math.gcd(32, hidden_channels),
+            pooled_size=max(1, min(16, image_size // 8)),
+        )
+
+
+def loss_weights(args: TokenizerTrainingArguments) -> LossWeights:
+    """The tokenizer loss weights the training arguments set."""
+    return LossWeights(
+        reconstruction_l1=args.reconstruction_l1_weight,
+        reconstruction_l2=args.reconstruction_l2_weight,
+        quantizer=args.quantizer_loss_weight,
+        lpips=args.lpips_weight,
+        convnext=args.convnext_weight,
+        adversarial=args.discriminator_weight,
+    )
+
+
+def frozen_for_decoder_finetuning(model: ViTVQModel) -> tuple[nn.Module, nn.Module]:
+    """The modules that decoder fine-tuning freezes: the encoder and the quantizer."""
+    return model.encoder, model.quantize
+
+
+def freeze_encoder_and_quantizer(model: ViTVQModel) -> None:
+    """Decoder fine-tuning (TiTok's stage 2): no gradients for the encoder and quantizer, and eval mode, in which the
+    quantizer changes no state (codebook EMA, dead-code restarts, usage counts) and no dropout runs. Call before
+    building the optimizer and wrapping the model for DDP; `set_train_mode` keeps them in eval mode."""
+    for module in frozen_for_decoder_finetuning(model):
+        module.requires_grad_(False)
+        module.eval()
+
+
+def set_train_mode(model: ViTVQModel, decoder_only: bool) -> None:
+    """Train mode for the whole model, or, when fine-tuning the decoder, for all but the frozen encoder and
+    quantizer."""
+    model.train()
+    if decoder_only:
+        for module in frozen_for_decoder_finetuning(model):
+            module.eval()
