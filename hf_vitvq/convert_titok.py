@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
 from .configuration_vitvq import TITOK_VIT_SIZES, ViTVQConfig
 from .image_processing_vitvq import ViTVQImageProcessor
+from .model_card import TrainingDetails, model_card
 from .modeling_vitvq import ViTVQModel
 
 # The MaskGIT-VQGAN pixel decoder of the two-stage models: config field -> (official config key, official value).
@@ -41,48 +43,8 @@ _MASKGIT_VQGAN_FIELDS: dict[str, tuple[str, Any]] = {
 TITOK_PIXEL_VALUE_RANGE = (0.0, 1.0)
 
 WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin")
-
-MODEL_CARD = """---
-library_name: transformers
-license: apache-2.0
-pipeline_tag: image-feature-extraction
-tags:
-- image-tokenizer
-- titok
-- hf-vitvq
----
-
-# {name}
-
-The TiTok 1D image tokenizer `{name}` from "An Image is Worth 32 Tokens for Reconstruction and Generation"
-(Yu et al., [arXiv 2406.07550](https://arxiv.org/abs/2406.07550)), converted from the official release of
-[bytedance/1d-tokenizer](https://github.com/bytedance/1d-tokenizer) with `hf_vitvq.convert_titok`. The weights are
-the authors' work, released under the Apache-2.0 license, which applies to this copy too; cite the paper if you use
-them. The conversion only renames and reshapes tensors: token ids are identical to the official code's, and
-reconstructions agree with it to float32 rounding.
-
-A {image_size}x{image_size} image becomes {tokens}.
-
-```python
-from transformers import AutoImageProcessor, AutoModel
-
-model = AutoModel.from_pretrained("path/to/this/folder", trust_remote_code=True).eval()  # or `import hf_vitvq`
-processor = AutoImageProcessor.from_pretrained("path/to/this/folder", trust_remote_code=True)
-
-pixel_values = processor(images, return_tensors="pt").pixel_values  # RGB in [0, 1], as TiTok reads it
-{usage}
-images = processor.postprocess(model.decode({decode_input}), output_type="pil")
-```
-
-| | |
-|---|---|
-| encoder | ViT, width {encoder_hidden_size}, {encoder_num_hidden_layers} layers, {encoder_num_attention_heads} heads |
-| decoder | ViT, width {decoder_hidden_size}, {decoder_num_hidden_layers} layers, {decoder_num_attention_heads} heads |
-| latent tokens | {num_latent_tokens} |
-| {latent_kind} | {latent_description} |
-| decoder head | {decoder_head} |
-| source config | `{source}` |
-"""
+# What the released tokenizers were trained on, as a Hub dataset id (the card's `datasets` metadata).
+TITOK_TRAINING_DATASET = "ILSVRC/imagenet-1k"
 
 
 def _vit_key_map(ours: str, theirs: str, num_layers: int) -> dict[str, str]:
@@ -276,41 +238,32 @@ def load_titok_checkpoint(checkpoint: str | Path) -> tuple[dict[str, Any], dict[
     return titok_config, state_dict, config_path
 
 
-def _model_card(config: ViTVQConfig, name: str, source: str) -> str:
-    if config.decoder_head == "maskgit_vqgan":
-        decoder_head = (
-            f"two-stage: logits over a {config.maskgit_num_codes} x {config.maskgit_code_dim} MaskGIT-VQGAN "
-            "codebook, MaskGIT-VQGAN convolutional decoder"
-        )
-    else:
-        decoder_head = "single-stage: linear pixel head and a 3x3 conv"
-    if config.quantizer_type == "kl":
-        tokens = f"**{config.num_latent_tokens} continuous tokens** of {config.codebook_dim} channels"
-        usage = "latents = model.encode(pixel_values)  # (batch, num_latent_tokens, codebook_dim): posterior means"
-        latent_kind, latent_description = "tokens", "continuous: diagonal Gaussian posterior, its mean at inference"
-    else:
-        tokens = (
-            f"**{config.num_latent_tokens} tokens** over {config.codebook_size} codes "
-            f"({config.bits_per_image:g} bits per image)"
-        )
-        usage = "token_ids = model.encode(pixel_values)  # (batch, num_latent_tokens) int64"
-        metric = "l2-normalised (cosine)" if config.use_l2_norm_codes else "Euclidean"
-        latent_kind, latent_description = "codebook", f"{config.codebook_size} x {config.codebook_dim}, {metric}"
-    return MODEL_CARD.format(
-        name=name,
-        image_size=config.image_size,
-        tokens=tokens,
-        usage=usage,
-        decode_input="latents" if config.quantizer_type == "kl" else "token_ids",
-        latent_kind=latent_kind,
-        latent_description=latent_description,
-        decoder_head=decoder_head,
-        source=source,
-        **{key: getattr(config, key) for key in (
-            "encoder_hidden_size", "encoder_num_hidden_layers", "encoder_num_attention_heads",
-            "decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads", "num_latent_tokens",
-        )},
-    )  # fmt: skip
+def titok_model_card(config: ViTVQConfig, name: str, source: str, model_id: str) -> ModelCard:
+    """The card of a converted checkpoint: [`hf_vitvq.model_card.model_card`] with TiTok's provenance, license,
+    citation and training data.
+
+    Args:
+        config: the converted model's configuration.
+        name: the checkpoint's name (the official folder's name), the card's title.
+        source: the official config file it was converted from, as shown in the card.
+        model_id: the folder or Hub id that the card's loading snippets use.
+    """
+    description = (
+        f'The TiTok 1D image tokenizer `{name}` from "An Image is Worth 32 Tokens for Reconstruction and '
+        'Generation" (Yu et al., [arXiv 2406.07550](https://arxiv.org/abs/2406.07550)), converted from the official '
+        f"release of [bytedance/1d-tokenizer](https://github.com/bytedance/1d-tokenizer) (`{source}`) with "
+        "`hf_vitvq.convert_titok`. The weights are the authors' work, released under the Apache-2.0 license, which "
+        "applies to this copy too; cite the paper if you use them. The conversion only renames and reshapes tensors: "
+        "token ids are identical to the official code's, and reconstructions agree with it to float32 rounding. "
+        "Images are read as TiTok reads them: bicubic resize of the short side, centre crop, RGB in [0, 1]."
+    )
+    training = TrainingDetails(
+        data="ImageNet-1k (ILSVRC 2012) training images at 256x256",
+        notes="Trained by the TiTok authors; the recipe is in the paper and in bytedance/1d-tokenizer's configs. "
+        "The published ImageNet rFID of each released tokenizer is listed there and in hf-vitvq's README; "
+        "`hf-vitvq eval` reproduces that protocol on the 50,000 validation images.",
+    )
+    return model_card(config, model_id, description, title=name, datasets=[TITOK_TRAINING_DATASET], training=training)
 
 
 def convert_titok(
@@ -341,7 +294,8 @@ def convert_titok(
         model.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
         name = config_path.parent.resolve().name
-        (output_dir / "README.md").write_text(_model_card(config, name, source=f"{name}/{config_path.name}"))
+        card = titok_model_card(config, name, source=f"{name}/{config_path.name}", model_id=str(output_dir))
+        card.save(output_dir / "README.md")
     return model, processor
 
 

