@@ -1,0 +1,277 @@
+"""The `hf-vitvq` command line: encode / decode / reconstruct / info on a tiny saved model and real photos, token
+files, and every bad input ending in a clear message and a non-zero exit code (never a traceback)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hf_vitvq import ViTVQConfig, ViTVQImageProcessor, ViTVQModel
+from hf_vitvq.cli import COMMANDS, main
+from hf_vitvq.metrics import psnr
+from hf_vitvq.token_files import load_token_file, png_names, save_token_file, token_metadata
+
+NUM_PHOTOS = 10
+
+
+def save_tiny_model(folder: Path, seed: int = 0, **overrides) -> Path:
+    """The `tiny` preset with seeded random weights, saved with its processor."""
+    torch.manual_seed(seed)
+    model = ViTVQModel(ViTVQConfig.from_preset("tiny", **overrides))
+    model.save_pretrained(folder)
+    ViTVQImageProcessor.for_config(model.config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session", name="tiny_model_dir")
+def tiny_model_dir_fixture(tmp_path_factory) -> Path:
+    """Fixture `tiny_model_dir` (named so that other test modules import it without ruff's F811)."""
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture
+def photo_folder(tmp_path, photo_paths) -> Path:
+    """NUM_PHOTOS real photos, half of them in a subfolder (folders are searched recursively)."""
+    folder = tmp_path / "photos"
+    (folder / "more").mkdir(parents=True)
+    for index, path in enumerate(photo_paths[:NUM_PHOTOS]):
+        shutil.copy(path, folder / ("more" if index % 2 else "") / path.name)
+    return folder
+
+
+def reference(model_dir: Path, files: list[Path], batch_size: int) -> tuple[torch.Tensor, np.ndarray]:
+    """What the Python API gives for `files`: ids of `model.encode(processor(images))` and the uint8 images of
+    `postprocess(model.decode(ids))`, in batches of `batch_size`."""
+    model, processor = ViTVQModel.from_pretrained(model_dir).eval(), ViTVQImageProcessor.from_pretrained(model_dir)
+    ids, images = [], []
+    for start in range(0, len(files), batch_size):
+        batch = [Image.open(path).convert("RGB") for path in files[start : start + batch_size]]
+        token_ids = model.encode(processor(batch, return_tensors="pt").pixel_values)
+        ids.append(token_ids)
+        images.append(processor.postprocess(model.decode(token_ids), output_type="np"))
+    return torch.cat(ids), np.concatenate(images)
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """`main(argv)` in this process: (exit code, stdout, stderr)."""
+    try:
+        main([str(arg) for arg in argv])
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_clean_error(code: int, err: str, expected: str, command: str) -> None:
+    assert code == 2, err
+    assert f"hf-vitvq {command}: error:" in err and expected in err, err
+    assert "Traceback" not in err
+
+
+def test_help_lists_every_command_and_each_has_examples(capsys):
+    code, out, _ = run_cli(["--help"], capsys)
+    assert code == 0
+    names = [command.name for command in COMMANDS]
+    assert {"encode", "decode", "reconstruct", "info", "pretokenize", "export-onnx"} <= set(names)
+    assert all(name in out for name in names)
+    for name in names:
+        code, out, _ = run_cli([name, "--help"], capsys)
+        assert code == 0 and "examples:" in out and f"hf-vitvq {name}" in out
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".parquet"])
+def test_encode_then_decode_equals_model_decode_of_model_encode(tiny_model_dir, photo_folder, tmp_path, capsys, suffix):
+    tokens = tmp_path / f"tokens{suffix}"
+    code, out, err = run_cli(["encode", tiny_model_dir, photo_folder, "-o", tokens, "--batch_size", 4,
+                              "--num_workers", 2], capsys)  # fmt: skip
+    assert code == 0, err
+    assert f"Encoded {NUM_PHOTOS} images into 32 tokens each" in out
+    token_file = load_token_file(tokens)
+    files = sorted(photo_folder.rglob("*.jpg"), key=str)
+    assert token_file.names == [str(path) for path in files]  # the folder's files, sorted, recursively
+    expected_ids, expected_images = reference(tiny_model_dir, files, batch_size=4)
+    assert token_file.token_ids.dtype == torch.int32 and torch.equal(token_file.token_ids.long(), expected_ids)
+    assert token_file.metadata["codebook_size"] == 1024 and token_file.metadata["token_shape"] == [32]
+
+    code, out, err = run_cli(["decode", tiny_model_dir, tokens, "-o", tmp_path / "decoded", "--batch_size", 4], capsys)
+    assert code == 0, err
+    decoded = [tmp_path / "decoded" / path.relative_to(photo_folder).with_suffix(".png") for path in files]
+    assert np.array_equal(np.stack([np.asarray(Image.open(path)) for path in decoded]), expected_images)
+
+
+def test_residual_vq_ids_keep_their_levels_through_a_parquet_file(photo_paths, tmp_path, capsys):
+    model_dir = save_tiny_model(tmp_path / "rvq", quantizer_type="rvq", num_quantizers=2, use_l2_norm_codes=False)
+    files = photo_paths[:3]
+    code, _, err = run_cli(["encode", model_dir, *files, "-o", tmp_path / "t.parquet", "--num_workers", 0], capsys)
+    assert code == 0, err
+    token_file = load_token_file(tmp_path / "t.parquet")  # stored flat, 64 ids a row; read back as (3, 32, 2)
+    expected_ids, expected_images = reference(model_dir, files, batch_size=32)
+    assert expected_ids.shape == (3, 32, 2) and torch.equal(token_file.token_ids.long(), expected_ids)
+    code, _, err = run_cli(["decode", model_dir, tmp_path / "t.parquet", "-o", tmp_path / "decoded"], capsys)
+    assert code == 0, err
+    decoded = [np.asarray(Image.open(tmp_path / "decoded" / f"{path.stem}.png")) for path in files]
+    assert np.array_equal(np.stack(decoded), expected_images)
+
+
+def test_encode_skips_and_lists_unreadable_files_and_fails_only_when_none_is_readable(
+    tiny_model_dir, photo_folder, tmp_path, capsys
+):
+    (photo_folder / "broken.jpg").write_bytes(b"not a jpeg")
+    (photo_folder / "more" / "empty.png").write_bytes(b"")
+    code, _, err = run_cli(["encode", tiny_model_dir, photo_folder, "-o", tmp_path / "t.parquet"], capsys)
+    assert code == 0, err
+    assert f"Skipped 2 of {NUM_PHOTOS + 2} files" in err and "broken.jpg" in err and "empty.png" in err
+    assert len(load_token_file(tmp_path / "t.parquet").names) == NUM_PHOTOS
+
+    broken_only = tmp_path / "broken"
+    broken_only.mkdir()
+    (broken_only / "a.jpg").write_bytes(b"\xff\xd8 truncated")
+    code, _, err = run_cli(["encode", tiny_model_dir, broken_only, "-o", tmp_path / "none.parquet"], capsys)
+    assert code == 1 and "none of the 1 files could be read as an image" in err and "Traceback" not in err
+    assert not (tmp_path / "none.parquet").exists()
+
+
+def test_inputs_mix_files_folders_and_globs_each_file_once(tiny_model_dir, photo_folder, tmp_path, capsys):
+    first = sorted(photo_folder.glob("*.jpg"))[0]
+    inputs = [first, photo_folder / "more", str(photo_folder / "**" / "*.jpg")]
+    code, _, err = run_cli(["encode", tiny_model_dir, *inputs, "-o", tmp_path / "t.safetensors"], capsys)
+    assert code == 0, err
+    names = load_token_file(tmp_path / "t.safetensors").names
+    assert len(names) == len(set(names)) == NUM_PHOTOS
+    assert names[0] == str(first) and names[1].startswith(str(photo_folder / "more"))
+
+
+def write_tokens(path: Path, config: ViTVQConfig, num_images: int = 2) -> Path:
+    ids = torch.randint(0, config.codebook_size, (num_images, config.num_latent_tokens))
+    save_token_file(path, [f"img{i}.jpg" for i in range(num_images)], ids, token_metadata(config, "other"))
+    return path
+
+
+def test_bad_inputs_give_one_clear_line_and_exit_code_2(tiny_model_dir, photo_folder, tmp_path, capsys):
+    missing = tmp_path / "no-such-model"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    tokens = tmp_path / "exists.parquet"
+    tokens.write_bytes(b"")
+    other_codebook = write_tokens(tmp_path / "k512.parquet", ViTVQConfig.from_preset("tiny", codebook_size=512))
+    other_length = write_tokens(tmp_path / "l16.safetensors", ViTVQConfig.from_preset("tiny", num_latent_tokens=16))
+    cases = [
+        (["encode", missing, photo_folder, "-o", tmp_path / "a.parquet"], "does not exist"),
+        (["encode", tiny_model_dir, tmp_path / "nothing-here", "-o", tmp_path / "a.parquet"], "no such file or folder"),
+        (["encode", tiny_model_dir, str(tmp_path / "*.webp"), "-o", tmp_path / "a.parquet"], "matches no file"),
+        (["encode", tiny_model_dir, empty, "-o", tmp_path / "a.parquet"], "holds no image files"),
+        (["encode", tiny_model_dir, photo_folder, "-o", tokens], "exists; pass --overwrite"),
+        (["encode", tiny_model_dir, photo_folder, "-o", tmp_path / "a.npy"], "must end in .safetensors or .parquet"),
+        (["encode", "tiny", photo_folder, "-o", tmp_path / "a.parquet"], "is a preset"),
+        (["decode", tiny_model_dir, other_codebook, "-o", tmp_path / "out"], "codebook_size 512 (the model: 1024)"),
+        (["decode", tiny_model_dir, other_length, "-o", tmp_path / "out"], "token_shape [16] (the model: [32])"),
+        (["decode", tiny_model_dir, tmp_path / "missing.parquet", "-o", tmp_path / "out"], "no such token file"),
+        (["decode", tiny_model_dir, tokens, "-o", tmp_path / "out"], "is not a readable token file"),
+        (["decode", missing, other_codebook, "-o", tmp_path / "out"], "does not exist"),
+        (["decode", tiny_model_dir, other_codebook, "-o", photo_folder], "folder is not empty"),
+        (["reconstruct", tiny_model_dir, photo_folder, "-o", photo_folder], "folder is not empty"),
+        (["reconstruct", missing, photo_folder, "-o", tmp_path / "r"], "does not exist"),
+        (["info", missing], "does not exist"),
+        (["pretokenize", tiny_model_dir, "--train_data_dir", empty, "--output_dir", tmp_path / "p"], "no image files"),
+        (["pretokenize", tiny_model_dir, "--output_dir", tmp_path / "p"], "either --dataset_name or --train_data_dir"),
+        (["pretokenize", missing, "--train_data_dir", photo_folder, "--output_dir", tmp_path / "p"], "does not exist"),
+        (["encode", tiny_model_dir, photo_folder, "-o", tmp_path / "a.parquet", "--batch_size", 0], "must be >= 1"),
+    ]
+    for argv, expected in cases:
+        code, _, err = run_cli(argv, capsys)
+        assert_clean_error(code, err, expected, argv[0])
+    assert not (tmp_path / "out").exists() and not (tmp_path / "a.parquet").exists()
+
+
+def test_decode_reports_ids_outside_the_codebook_of_a_foreign_token_file(tiny_model_dir, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = pa.array([[2000] * 32], pa.list_(pa.int32()))  # no metadata: only the ids tell
+    pq.write_table(pa.table({"file": ["x.jpg"], "token_ids": ids}), tmp_path / "foreign.parquet")
+    code, _, err = run_cli(["decode", tiny_model_dir, tmp_path / "foreign.parquet", "-o", tmp_path / "out"], capsys)
+    assert_clean_error(code, err, "must lie in [0, 1024)", "decode")
+
+
+def test_overwrite_replaces_an_existing_output(tiny_model_dir, photo_folder, tmp_path, capsys):
+    tokens = tmp_path / "t.safetensors"
+    tokens.write_bytes(b"old")
+    code, _, err = run_cli(["encode", tiny_model_dir, photo_folder, "-o", tokens, "--overwrite"], capsys)
+    assert code == 0, err
+    assert len(load_token_file(tokens).names) == NUM_PHOTOS
+
+
+def test_reconstruct_writes_pairs_and_a_psnr_ssim_table(tiny_model_dir, photo_folder, tmp_path, capsys):
+    output = tmp_path / "reconstructions"
+    code, out, err = run_cli(["reconstruct", tiny_model_dir, photo_folder, "-o", output, "--num_workers", 0], capsys)
+    assert code == 0, err
+    with open(output / "metrics.csv") as file:
+        rows = list(csv.DictReader(file))
+    files = sorted(photo_folder.rglob("*.jpg"), key=str)
+    assert [row["file"] for row in rows] == [str(path) for path in files]
+    for path, row in zip(files, rows, strict=True):
+        pair = np.array(Image.open(output / "pairs" / path.relative_to(photo_folder).with_suffix(".png")))
+        assert pair.shape == (64, 32, 3)  # the 32x32 crop above its reconstruction
+        # (H, W, 3) uint8 -> (1, 3, H, W) in [0, 1]
+        original, reconstruction = (torch.from_numpy(half).permute(2, 0, 1)[None] / 255 for half in np.split(pair, 2))
+        assert float(row["psnr_db"]) == pytest.approx(psnr(reconstruction, original).item(), abs=1e-3)
+        assert 0 < float(row["ssim"]) <= 1
+    mean = np.mean([float(row["psnr_db"]) for row in rows])
+    assert f"{NUM_PHOTOS} images: mean PSNR {mean:.2f} dB" in out
+    assert Image.open(output / "overview.png").size == (8 * 32, 2 * 32)
+
+
+def test_reconstruct_runs_an_untrained_preset(photo_paths, tmp_path, capsys):
+    code, out, err = run_cli(["reconstruct", "tiny", photo_paths[0], "-o", tmp_path / "r", "--num_workers", 0], capsys)
+    assert code == 0, err
+    assert "1 images: mean PSNR" in out and (tmp_path / "r" / "pairs" / f"{photo_paths[0].stem}.png").is_file()
+
+
+def test_info_reports_bits_compression_and_parameters(tiny_model_dir, capsys):
+    import json
+
+    code, out, _ = run_cli(["info", tiny_model_dir, "--json"], capsys)
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["bits_per_image"] == 320  # 32 tokens x log2(1024)
+    assert summary["bits_per_pixel"] == 320 / 32**2
+    assert summary["compression_ratio"] == pytest.approx(24 * 32**2 / 320)
+    model = ViTVQModel.from_pretrained(tiny_model_dir)
+    counts = summary["parameters"]
+    assert counts["total"] == sum(p.numel() for p in model.parameters())
+    assert counts["encoder"] + counts["decoder"] + counts["quantizer"] == counts["total"]
+    assert counts["quantizer"] == 1024 * 12 and summary["quantizer"].startswith("vq: l2-normalised codes")
+
+    code, out, _ = run_cli(["info", "S-128"], capsys)
+    assert code == 0 and "bits per image    1536" in out and "1024x against 24-bit RGB" in out
+
+
+def test_png_names_stay_inside_the_output_folder_and_never_collide():
+    assert png_names(["/data/a/x.jpg", "/data/b/y.jpeg"]) == ["a/x.png", "b/y.png"]
+    assert png_names(["../../etc/passwd", "/abs/x.jpg"]) == ["etc/passwd.png", "abs/x.png"]
+    assert png_names(["d/x.jpg", "d/x.png", "d/y.jpg"]) == ["x-0.png", "x-1.png", "y.png"]
+    assert png_names(["12", "13"]) == ["12.png", "13.png"]
+
+
+def test_console_script_reports_a_missing_model_without_traceback(tmp_path):
+    script = Path(sys.executable).with_name("hf-vitvq")
+    result = subprocess.run(
+        [str(script), "encode", str(tmp_path / "missing"), str(tmp_path), "-o", str(tmp_path / "t.parquet")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 2, result.stderr
+    assert "hf-vitvq encode: error: The model folder" in result.stderr and "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
