@@ -1,11 +1,8 @@
-"""Image processor for ViT-VQ (TiTok-style 1D) tokenizers, and the pixel conversions training shares with it.
-
-`ViTVQImageProcessor` is transformers' PIL backend set up as TiTok (arXiv:2406.07550) preprocesses with torchvision
-(PIL bicubic resize of the short side, torchvision's centre crop, [0, 1]), normalised to [-1, 1] by default.
-`to_rgb_array` is the one PIL-to-RGB conversion (training decodes with it too); `normalize_pixels` / `to_uint8` map
-tensors onto a config's `pixel_value_range` and back. Copied into saved folders for `trust_remote_code`: imports only
-the standard library, numpy, PIL, torch and transformers.
-"""
+"""Image processor for ViT-VQ (TiTok-style 1D) tokenizers: transformers' PIL backend set up as TiTok
+(arXiv:2406.07550) preprocesses with torchvision (PIL bicubic resize of the short side, torchvision's centre crop,
+[0, 1]), normalised to [-1, 1] by default. Its pixel conversions (`pixel_conversion`) are shared with training and
+evaluation. Copied into saved folders for `trust_remote_code` with that sibling: imports only numpy, PIL, torch and
+transformers."""
 
 from __future__ import annotations
 
@@ -16,67 +13,13 @@ import PIL.Image
 import torch
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
-from transformers.image_transforms import convert_to_rgb, get_resize_output_image_size
+from transformers.image_transforms import get_resize_output_image_size
 from transformers.image_utils import ChannelDimension, ImageInput, PILImageResampling, SizeDict, is_valid_image
 from transformers.processing_utils import ImagesKwargs, Unpack
 
+from .pixel_conversion import to_0_255_scale, to_rgb_array, to_uint8, to_uint8_or_unit
+
 _CHANNEL_COUNTS = (1, 3, 4)  # grayscale, RGB, RGBA (alpha is composited on white)
-
-
-def normalize_pixels(images: torch.Tensor, pixel_value_range: tuple[float, float]) -> torch.Tensor:
-    """uint8 (0..255) or float (in [0, 1], unchecked) pixels, any shape and device -> `low + (high - low) * v / 255`
-    on `pixel_value_range`, as `ViTVQImageProcessor.for_config` maps them. float32 for uint8, else the input's dtype."""
-    low, high = pixel_value_range
-    if images.dtype == torch.uint8:
-        images = images.float() / 255
-    elif not images.is_floating_point():
-        raise TypeError(f"`images` must be uint8 (0..255) or float (in [0, 1]), got dtype {images.dtype}.")
-    return images * (high - low) + low
-
-
-def to_uint8(pixel_values: torch.Tensor, pixel_value_range: tuple[float | torch.Tensor, ...]) -> torch.Tensor:
-    """Inverse of `normalize_pixels` (`pixel_value_range` may hold per-channel tensors that broadcast): uint8 0..255,
-    clamped and rounded half to even, computed in float32 or wider."""
-    low, high = pixel_value_range
-    values = pixel_values.to(torch.promote_types(pixel_values.dtype, torch.float32))
-    return ((values - low) * (255 / (high - low))).clamp(0, 255).round().to(torch.uint8)
-
-
-def _to_uint8_or_unit(array: np.ndarray) -> np.ndarray:
-    """uint8 for 8-bit data (uint8, bool, other integers in 0..255), float64 in [0, 1] for uint16 (/ 65535), floats."""
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype.kind == "b":
-        return array.astype(np.uint8) * np.uint8(255)
-    if array.dtype.kind == "u" and array.dtype.itemsize == 2:
-        return array / 65535.0
-    if array.dtype.kind not in "iuf":
-        raise TypeError(f"Unsupported image dtype {array.dtype}; expected uint8, uint16, bool, int or float.")
-    is_float, low, high = array.dtype.kind == "f", array.min().item(), array.max().item()
-    if not 0 <= low <= high <= (1 if is_float else 255):  # False for NaN
-        raise ValueError(
-            f"{'Float' if is_float else 'Integer'} image has values in [{low:g}, {high:g}]; expected "
-            f"{'floats in [0, 1], no NaN or infinite' if is_float else '8-bit values in [0, 255]'} (dtype "
-            f"{array.dtype}). Pass 16-bit data as uint16 (or PIL mode I up to 65535), and floats not normalised."
-        )
-    return array.astype(np.float64 if is_float else np.uint8)
-
-
-def _to_0_255(array: np.ndarray) -> np.ndarray:
-    """uint8 stays; floats in [0, 1] become float32 on the 0..255 scale."""
-    return array if array.dtype == np.uint8 else (array * 255.0).astype(np.float32)
-
-
-def to_rgb_array(image: PIL.Image.Image) -> np.ndarray:
-    """A PIL image of any mode as `(H, W, 3)` RGB on the 0..255 scale: float32 for 16-bit data (`I;16*`, and `I` with
-    values in 256..65535; `I` in 0..255 is 8-bit) and `F` (floats in [0, 1]), else uint8 from transformers'
-    `convert_to_rgb`: transparency (`RGBA`, `LA`, `PA`, transparent colours) on white, other modes converted by PIL."""
-    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
-        return convert_to_rgb(image, return_numpy=True)
-    values = np.asarray(image)
-    if image.mode.startswith("I;16") or image.mode == "I" and 255 < values.max() <= 65535 and values.min() >= 0:
-        values = values.astype(np.uint16)
-    return np.repeat(_to_0_255(_to_uint8_or_unit(values))[..., None], 3, axis=-1)
 
 
 class ViTVQImageProcessor(PilBackend):
@@ -181,7 +124,7 @@ class ViTVQImageProcessor(PilBackend):
             image = (image.float() if image.is_floating_point() and image.element_size() < 4 else image).numpy()
         if image.size == 0:
             raise ValueError(f"Got a zero-size image of shape {image.shape}.")
-        array = _to_uint8_or_unit(image)  # (H, W), (H, W, C) or (C, H, W)
+        array = to_uint8_or_unit(image)  # (H, W), (H, W, C) or (C, H, W)
         first = array.shape[0] in _CHANNEL_COUNTS and (prefer_first or array.shape[-1] not in _CHANNEL_COUNTS)
         first = first if input_data_format is None else ChannelDimension(input_data_format) == ChannelDimension.FIRST
         if array.ndim == 2:
@@ -195,7 +138,7 @@ class ViTVQImageProcessor(PilBackend):
             )
         if not do_convert_rgb and len(array) != 3:
             raise ValueError(f"Got an image of {len(array)} channels with do_convert_rgb=False; pass RGB images.")
-        return np.ascontiguousarray(_to_0_255(self.convert_to_rgb(array, ChannelDimension.FIRST)))
+        return np.ascontiguousarray(to_0_255_scale(self.convert_to_rgb(array, ChannelDimension.FIRST)))
 
     def resize(self, image: np.ndarray, size: SizeDict, resample: int | None = None, **kwargs: Any) -> np.ndarray:
         """transformers' PIL resize for uint8 `(3, H, W)` images; float ones, which it would round to 8 bits, are
@@ -253,4 +196,4 @@ class ViTVQImageProcessor(PilBackend):
         return images if output_type == "np" else [PIL.Image.fromarray(image) for image in images]
 
 
-__all__ = ["ViTVQImageProcessor", "normalize_pixels", "to_rgb_array", "to_uint8"]
+__all__ = ["ViTVQImageProcessor"]

@@ -10,7 +10,8 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from hf_vitvq.image_processing_vitvq import ViTVQImageProcessor, to_rgb_array
+from hf_vitvq import ViTVQImageProcessor
+from hf_vitvq.pixel_conversion import to_rgb_array
 from hf_vitvq.training.data import decode_image
 
 

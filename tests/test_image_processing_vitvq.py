@@ -12,7 +12,8 @@ import PIL.Image
 import pytest
 import torch
 
-from hf_vitvq.image_processing_vitvq import ViTVQImageProcessor, normalize_pixels, to_uint8
+from hf_vitvq import ViTVQImageProcessor
+from hf_vitvq.pixel_conversion import normalize_pixels, to_uint8
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_PATH = REPO / "hf_vitvq" / "image_processing_vitvq.py"
@@ -100,23 +101,32 @@ def test_call_overrides_do_not_change_the_processor():
     assert pixels(processor, image).max() == 1.0 and pixels(processor, np.zeros_like(image)).min() == -1.0
 
 
-def test_module_is_a_flat_file_for_remote_code(tmp_path):
-    tree = ast.parse(MODULE_PATH.read_text())
+@pytest.mark.parametrize("module", ["image_processing_vitvq", "pixel_conversion"])
+def test_processor_modules_import_only_each_other_and_light_packages_for_remote_code(module):
+    """A saved folder gets the processor's file and the siblings it imports relatively: those may import nothing
+    else of ours, and no package beyond numpy, PIL, torch and transformers."""
+    tree = ast.parse((MODULE_PATH.parent / f"{module}.py").read_text())
     roots = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            assert node.level == 0, f"relative import on line {node.lineno}"
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            assert node.level == 1 and node.module == "pixel_conversion", f"relative import on line {node.lineno}"
+        elif isinstance(node, ast.ImportFrom):
             roots.add(node.module.split(".")[0])
         elif isinstance(node, ast.Import):
             roots.update(alias.name.split(".")[0] for alias in node.names)
     allowed = {"numpy", "PIL", "torch", "transformers"} | set(sys.stdlib_module_names)
     assert roots <= allowed, roots - allowed
 
-    copy = tmp_path / "image_processing_vitvq.py"
-    shutil.copy(MODULE_PATH, copy)
-    spec = importlib.util.spec_from_file_location("flat_image_processing_vitvq", copy)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+
+def test_the_two_processor_files_work_alone_as_in_a_remote_code_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "remote_folder"
+    folder.mkdir()
+    (folder / "__init__.py").touch()
+    for module in ("image_processing_vitvq", "pixel_conversion"):
+        shutil.copy(MODULE_PATH.parent / f"{module}.py", folder)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("remote_folder.image_processing_vitvq")
+    assert module.__file__.startswith(str(folder))
     image = random_uint8(40, 30)
     np.testing.assert_array_equal(pixels(module.ViTVQImageProcessor(), image), pixels(ViTVQImageProcessor(), image))
 
