@@ -1,5 +1,6 @@
 """The input pipeline in DataLoader workers: sharding per process and worker, exact resume with workers, skipped-file
-reports gathered from the workers, draft JPEG decoding, and the centre-crop reader validation shares."""
+reports gathered from the workers, draft JPEG decoding, and validation through the centre-crop reader of `eval` and
+`pretokenize` (`image_shards`)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,19 @@ from test_training_parts import make_image_folder
 from hf_vitvq import ViTVQImageProcessor
 from hf_vitvq.training.data import (
     DRAFT_MIN_OUTPUT_RATIO,
-    CenterCroppedBatches,
     TrainingImageStream,
     decode_image,
     decode_random_crop,
     draft_reduction,
     image_folder_stream,
     validation_batches,
+)
+from hf_vitvq.training.image_shards import (
+    ShardBatchDataset,
+    dataset_shards,
+    pixel_value_table,
+    shard_batch_loader,
+    to_pixel_values,
 )
 
 
@@ -181,22 +188,27 @@ def photos_and_bad_files(tmp_path_factory, photo_paths) -> Path:
 
 
 def test_centre_crops_read_by_workers_are_the_processor_output(photos_and_bad_files):
+    """The reader that validation, `eval` and `pretokenize` share, on a stream of one file per shard, with 0 and 2
+    workers: every decodable image once, keyed by its `name`, as `processor(image)` gives it (uint8 crops, then the
+    table); the undecodable ones named in `skipped`."""
     processor = ViTVQImageProcessor.for_image_size(48)
+    table = pixel_value_table(processor)
     files = sorted(path for path in photos_and_bad_files.iterdir() if not path.name.startswith("zz_"))
     expected = {path.name: processor(decode_image({"bytes": path.read_bytes(), "path": None}), return_tensors="pt")
                 .pixel_values[0] for path in files}  # fmt: skip
+    shards = dataset_shards(image_folder_stream(photos_and_bad_files), "image", None, shard_size=3, key_column="name")
     for num_workers in (0, 2):
-        reader = CenterCroppedBatches(image_folder_stream(photos_and_bad_files), "image", processor, batch_size=3,
-                                      num_workers=num_workers)  # fmt: skip
-        batches = list(reader)
-        names = [name for batch in batches for name in batch.names]
-        assert sorted(names) == sorted(expected), num_workers
+        batches = list(shard_batch_loader(ShardBatchDataset(shards, processor, 48, batch_size=3), num_workers))
+        keys = [key for batch in batches for key in batch.keys]
+        assert sorted(keys) == sorted(expected), num_workers
         if num_workers == 0:
-            assert names == [path.name for path in files] and [len(b.names) for b in batches] == [3, 3, 1]
-        for batch in batches:
-            assert batch.pixel_values.dtype == torch.float32 and batch.pixel_values.shape[1:] == (3, 48, 48)
-            assert torch.equal(batch.pixel_values, torch.stack([expected[name] for name in batch.names]))
-        assert sorted(reader.skipped) == ["zz_empty.jpg", "zz_not_an_image.png", "zz_truncated.jpg"], num_workers
+            assert keys == [path.name for path in files]  # shard after shard, in order
+        for batch in filter(lambda batch: batch.keys, batches):
+            assert batch.crops.dtype == torch.uint8 and batch.crops.shape[1:] == (3, 48, 48)
+            pixel_values = to_pixel_values(batch.crops, table)
+            assert torch.equal(pixel_values, torch.stack([expected[key] for key in batch.keys]))
+        skipped = sorted(key for batch in batches for key in batch.skipped)
+        assert skipped == ["zz_empty.jpg", "zz_not_an_image.png", "zz_truncated.jpg"], num_workers
 
 
 def test_validation_batches_are_the_first_decodable_images(photos_and_bad_files):
@@ -206,3 +218,21 @@ def test_validation_batches_are_the_first_decodable_images(photos_and_bad_files)
     batches = validation_batches(image_folder_stream(photos_and_bad_files), "image", processor, limit=5, batch_size=2)
     assert [len(batch) for batch in batches] == [2, 2, 1]
     assert torch.equal(torch.cat(batches), processor(images, return_tensors="pt").pixel_values)
+
+
+def test_validation_batches_stay_full_past_an_undecodable_image_and_name_it(photo_paths, tmp_path, caplog):
+    """An undecodable file among the first images: skipped with a warning that names it, the next image takes its
+    place in the batch."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in photo_paths[:5]:
+        shutil.copy(path, folder / path.name)
+    broken = f"{photo_paths[0].stem}_broken.jpg"  # sorts right after the first photo
+    (folder / broken).write_bytes(b"not a jpeg")
+    processor = ViTVQImageProcessor.for_image_size(32)
+    with caplog.at_level("WARNING"):
+        batches = validation_batches(image_folder_stream(folder), "image", processor, limit=4, batch_size=2)
+    assert [len(batch) for batch in batches] == [2, 2]
+    expected = processor([PIL.Image.open(path) for path in photo_paths[:4]], return_tensors="pt").pixel_values
+    assert torch.equal(torch.cat(batches), expected)
+    assert f"Skipped an undecodable validation image ({broken})" in caplog.text

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,15 +19,16 @@ from conftest import REPO_ROOT, tiny_config_kwargs
 from PIL import Image
 
 from hf_vitvq import ViTVQConfig, ViTVQImageProcessor, ViTVQModel
-from hf_vitvq.image_processing_vitvq import to_uint8
+from hf_vitvq.cli import add_eval_arguments, check_eval_args
 from hf_vitvq.metrics import codebook_usage
+from hf_vitvq.pixel_conversion import to_uint8
 from hf_vitvq.quantizer_base import code_perplexity
-from hf_vitvq.training.evaluate_tokenizer import add_eval_arguments, check_eval_args, eval_command, resolve_model_path
+from hf_vitvq.training.evaluate_tokenizer import eval_command, resolve_model_path
 from hf_vitvq.training.evaluation import evaluate_reconstruction
 from hf_vitvq.training.fid import InceptionFeatures, ReconstructionFID
 
-# 4 photos and 1 undecodable file: 5 examples, an odd count; with batches of 2 on 2 processes the last dispatched
-# batch is padded with an image from the first one, which `gather_for_metrics` must drop again.
+# 4 photos and 1 undecodable file: 5 examples, an odd count; in shards of 2 files (batches of 2) on 2 processes,
+# process 0 reads shards 0 and 2 (2 photos and the undecodable file), process 1 shard 1 (2 photos).
 NUM_PHOTOS = 4
 
 
@@ -57,10 +59,12 @@ def one_process_results(eval_setup):
     return json.loads((eval_setup / "one" / "eval_results.json").read_text())
 
 
-def reference_images(eval_setup) -> tuple[ViTVQModel, torch.Tensor]:
-    """The model and the processor's pixel values of the decodable photos, as the training validation reads them."""
-    model = ViTVQModel.from_pretrained(eval_setup / "model").eval()
-    processor = ViTVQImageProcessor.from_pretrained(eval_setup / "model")
+def reference_images(eval_setup: Path, model_dir: Path | None = None) -> tuple[ViTVQModel, torch.Tensor]:
+    """The model (default: the module's) and the processor's pixel values of the decodable photos, as the training
+    validation reads them."""
+    model_dir = model_dir or eval_setup / "model"
+    model = ViTVQModel.from_pretrained(model_dir).eval()
+    processor = ViTVQImageProcessor.from_pretrained(model_dir)
     photos = [Image.open(path) for path in sorted((eval_setup / "images").glob("*.jpg"))[:NUM_PHOTOS]]
     return model, processor(photos, return_tensors="pt").pixel_values
 
@@ -113,6 +117,7 @@ def test_two_processes_count_every_image_once(eval_setup, one_process_results):
     results = json.loads((output_dir / "eval_results.json").read_text())
     assert results["settings"]["num_processes"] == 2
     assert results["num_images"] == NUM_PHOTOS and results["skipped_images"] == 1
+    assert "Skipped 1 undecodable images (e.g. " in result.stderr and "zz_broken.jpg" in result.stderr
     one, two = one_process_results["metrics"], results["metrics"]
     # the token-id statistics are exact counts: a duplicated or dropped image would change them
     assert two["codebook_usage"] == one["codebook_usage"]
@@ -120,7 +125,9 @@ def test_two_processes_count_every_image_once(eval_setup, one_process_results):
         assert two[name] == pytest.approx(one[name], rel=1e-5, abs=1e-6), name
 
 
-def test_max_samples_stops_after_that_many_decodable_images(eval_setup):
+def test_max_samples_evaluates_the_first_n_examples(eval_setup, tmp_path):
+    """The first N examples, undecodable ones counted among them (as `pretokenize --max_samples`): the same images on
+    any number of processes."""
     argv = [str(eval_setup), "--train_data_dir", str(eval_setup / "images"), "--batch_size", "2", "--max_samples",
             "3", "--no_rfid", "--dataloader_num_workers", "0", "--output_dir", str(eval_setup / "three")]  # fmt: skip
     with pytest.raises(FileNotFoundError, match="holds no model"):  # the root is neither a model nor a run folder
@@ -135,6 +142,15 @@ def test_max_samples_stops_after_that_many_decodable_images(eval_setup):
     assert results["metrics"]["psnr"] == pytest.approx(evaluate_reconstruction(model, [pixel_values[:3]])["psnr"],
                                                        rel=1e-4)  # fmt: skip
     assert results["skipped_metrics"]["rfid"] == "--no_rfid"
+
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a_broken.jpg").write_bytes(b"not a jpeg")  # sorts first
+    for path in sorted((eval_setup / "images").glob("*.jpg"))[:2]:
+        shutil.copy(path, images / path.name)
+    argv[argv.index("--train_data_dir") + 1], argv[argv.index("--max_samples") + 1] = str(images), "2"
+    results = eval_command(parse(argv))
+    assert results["num_images"] == 1 and results["skipped_images"] == 1
 
 
 def test_a_training_output_folder_is_evaluated_through_its_final_model(tmp_path):
@@ -159,3 +175,60 @@ def test_a_training_output_folder_is_evaluated_through_its_final_model(tmp_path)
 def test_bad_flags_say_what_to_pass(argv, message):
     with pytest.raises(ValueError, match=message):
         check_eval_args(parse(["model", *argv]))
+
+
+@pytest.fixture(scope="module")
+def tail_model_dir(eval_setup):
+    """The tiny model with tail-token dropout (the first 4 to 7 of its 7 tokens decode)."""
+    torch.manual_seed(0)
+    model = ViTVQModel(ViTVQConfig(**tiny_config_kwargs(token_dropout="tail", tail_dropout_min_tokens=4)))
+    model.save_pretrained(eval_setup / "tail")
+    ViTVQImageProcessor.for_config(model.config).save_pretrained(eval_setup / "tail")
+    return eval_setup / "tail"
+
+
+def test_rfid_psnr_and_ssim_per_number_of_tokens(eval_setup, tail_model_dir):
+    """By default a tail-dropout model is measured at every length of `prefix_lengths` too: each k's PSNR/SSIM as
+    the training validation's from the first k tokens, and its own rFID (the reconstructions from k tokens against the
+    same originals); the main metrics are those of all tokens."""
+    argv = [str(tail_model_dir), "--train_data_dir", str(eval_setup / "images"), "--max_samples", "2",
+            "--dataloader_num_workers", "0", "--output_dir", str(eval_setup / "sweep")]  # fmt: skip
+    results = eval_command(parse(argv))
+    by_num_tokens = results["by_num_tokens"]
+    assert list(by_num_tokens) == ["4", "7"]
+    model, pixel_values = reference_images(eval_setup, tail_model_dir)
+    pixel_values = pixel_values[:2]
+    for k in (4, 7):
+        expected = evaluate_reconstruction(model, [pixel_values], num_tokens=k)
+        assert by_num_tokens[str(k)]["psnr"] == pytest.approx(expected["psnr"], rel=1e-4, abs=1e-6), k
+        assert by_num_tokens[str(k)]["ssim"] == pytest.approx(expected["ssim"], rel=1e-4, abs=1e-6), k
+        assert by_num_tokens[str(k)]["bits_per_image"] == pytest.approx(k * math.log2(37))
+    assert by_num_tokens["7"]["rfid"] == results["metrics"]["rfid"] and results["metrics"]["tokens_per_image"] == 7
+    with torch.no_grad():
+        reconstructions = model(pixel_values, num_tokens=4).reconstruction
+    fid = ReconstructionFID(InceptionFeatures())
+    fid.update(to_uint8(pixel_values, model.config.pixel_value_range), real=True)
+    fid.update(to_uint8(reconstructions, model.config.pixel_value_range), real=False)
+    assert by_num_tokens["4"]["rfid"] == pytest.approx(fid.compute().item(), rel=1e-5)
+    assert by_num_tokens["4"]["rfid"] != by_num_tokens["7"]["rfid"]
+    assert (eval_setup / "sweep" / "eval_by_num_tokens.png").read_bytes().startswith(b"\x89PNG")
+    table = (eval_setup / "sweep" / "eval_results.md").read_text()
+    assert "| k tokens | bits per image | PSNR (dB) | SSIM | rFID (lower is better) |" in table
+    row = f"| 4 | 21 | {by_num_tokens['4']['psnr']:.2f} | {by_num_tokens['4']['ssim']:.4f} |"  # 4 log2(37) = 20.8 bits
+    assert row in table
+
+
+def test_num_tokens_measures_everything_from_the_first_k_tokens(eval_setup, tail_model_dir):
+    argv = [str(tail_model_dir), "--train_data_dir", str(eval_setup / "images"), "--num_tokens", "5", "--no_rfid",
+            "--num_tokens_sweep", "none", "--dataloader_num_workers", "0",
+            "--output_dir", str(eval_setup / "k5")]  # fmt: skip
+    results = eval_command(parse(argv))
+    model, pixel_values = reference_images(eval_setup, tail_model_dir)
+    expected = evaluate_reconstruction(model, [pixel_values], num_tokens=5)
+    metrics = results["metrics"]
+    for name in ("psnr", "ssim", "codebook_usage", "perplexity"):  # the codes counted: those of the first 5 tokens
+        assert metrics[name] == pytest.approx(expected[name], rel=1e-4, abs=1e-6), name
+    assert metrics["tokens_per_image"] == 5 and metrics["bits_per_image"] == pytest.approx(5 * math.log2(37))
+    assert results["num_tokens"] == 5 and results["by_num_tokens"] == {}
+    assert not (eval_setup / "k5" / "eval_by_num_tokens.png").exists()
+    assert "Reconstructed from the first 5 tokens of each image." in (eval_setup / "k5" / "eval_results.md").read_text()

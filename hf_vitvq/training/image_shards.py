@@ -1,21 +1,23 @@
-"""The data path of `hf-vitvq encode`, `reconstruct` and `pretokenize`: images read in shards, decoded and cropped in
-`DataLoader` worker processes while the model encodes the previous batches.
+"""The reader of images for everything but training: validation during training (`data.validation_batches`),
+`hf-vitvq eval`, `encode`, `reconstruct` and `pretokenize`. Images are read in shards, decoded and centre-cropped in
+`DataLoader` worker processes (or in the reading process) while the model works on the previous batches.
 
 A source (image files, a map-style `datasets.Dataset`, a streamed `datasets.IterableDataset`) is cut into shards
 ([`FileShard`], [`RowShard`], [`StreamShard`]); one worker reads a shard whole, in order, and its batches never mix
 shards, the last one saying so ([`ShardBatch.last`]): the consumer can then write one output per shard, and the
 output of a shard depends on nothing but the shard (not on the number of processes or workers, nor on what ran
-before), which makes `pretokenize` resumable shard by shard. (A `datasets.IterableDataset` handed to a `DataLoader`
-splits its shards over the workers the same way, but its batches do not say where one shard ends.)
+before), which makes `pretokenize` resumable shard by shard. Processes split a source by shards too (every n-th
+shard each: `pretokenize`, `eval`). (A `datasets.IterableDataset` handed to a `DataLoader` splits its shards over the
+workers the same way, but its batches do not say where one shard ends.)
 
 Crops are the image processor's own: [`ViTVQImageProcessor.resize`] (bicubic, short side to the model's image size)
 and [`ViTVQImageProcessor.center_crop`] on the decoded 8-bit image, and pixel values come from a table of what the
-processor maps each 8-bit value to ([`pixel_value_table`]), so `encode` sees bit for bit what
+processor maps each 8-bit value to ([`pixel_value_table`]), so the model sees bit for bit what
 `model.encode(processor(image).pixel_values)` sees. Workers send uint8 crops (4x fewer bytes than float32); the table
-lookup runs on the model's device. Images are decoded in full, as `data.CenterCroppedBatches` decodes them:
-`PIL.Image.draft` (DCT-domain downscaling of large JPEGs) under the training stream's rule (`data.draft_reduction`)
-decoded the 32x32 crops of `../shared/data/photos` 2.6-3.5x faster but moved pixels by up to 14 levels (38 dB PSNR at
-worst), which breaks that equality (benchmarks/RESULTS.md, `pretokenize_throughput.py --draft_check`).
+lookup runs on the model's device. Images are decoded in full: `PIL.Image.draft` (DCT-domain downscaling of large
+JPEGs) under the training stream's rule (`data.draft_reduction`) decoded the 32x32 crops of `../shared/data/photos`
+2.6-3.5x faster but moved pixels by up to 14 levels (38 dB PSNR at worst), which breaks that equality
+(benchmarks/RESULTS.md, `pretokenize_throughput.py --draft_check`).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from hf_vitvq import ViTVQConfig, ViTVQImageProcessor, ViTVQModel
 from hf_vitvq.precision import NATIVE_BF16_CPU_FLAGS, has_native_bf16, inference_autocast
 from hf_vitvq.token_files import token_shape
 
-from .data import IMAGE_SUFFIXES, _undecoded, decode_image, image_files
+from .data import IMAGE_SUFFIXES, decode_image, image_files, without_image_decoding
 
 logger = logging.getLogger(__name__)
 
@@ -253,13 +255,15 @@ class RowShard:
 @dataclass
 class StreamShard:
     """Shard `index` of the `num_shards` shards of a stream (`num_shards=1`: the whole stream). The key of an example
-    is its `__key__` (webdataset) when it has one, else its position: in the stream (one shard) or `"{index}-{n}"`."""
+    is its value in `key_column` when given and set, else its `__key__` (webdataset) when it has one, else its
+    position: in the stream (one shard) or `"{index}-{n}"`."""
 
     index: int
     stream: datasets.IterableDataset
     num_shards: int
     image_column: str
     label_column: str | None = None
+    key_column: str | None = None
 
     @property
     def num_examples(self) -> None:
@@ -273,7 +277,8 @@ class StreamShard:
         rows = (dict(zip(batch, values, strict=True)) for batch in stream.iter(batch_size=64) for values in
                 zip(*batch.values(), strict=True))  # fmt: skip
         for position, row in enumerate(rows):
-            key = row.get("__key__") or (str(position) if self.num_shards == 1 else f"{self.index}-{position}")
+            named = row.get(self.key_column) if self.key_column else None
+            key = named or row.get("__key__") or (str(position) if self.num_shards == 1 else f"{self.index}-{position}")
             label = row[self.label_column] if self.label_column else None
             yield Example(key, row[self.image_column], label)
 
@@ -299,11 +304,12 @@ def dataset_shards(
     label_column: str | None,
     shard_size: int,
     max_samples: int | None = None,
+    key_column: str | None = None,
 ) -> list[ImageShard]:
     """The shards of a dataset: a map-style dataset in shards of `shard_size` rows; a stream in its own shards (one per
     file, `shard_size` does not apply), or whole when it has one shard or `max_samples` is set (its first
-    `max_samples` examples)."""
-    dataset = _undecoded(dataset, image_column)  # the workers decode, and skip what fails
+    `max_samples` examples). `key_column`: a column that names the examples of a stream (see [`StreamShard`])."""
+    dataset = without_image_decoding(dataset, image_column)  # the workers decode, and skip what fails
     if isinstance(dataset, datasets.Dataset):
         num_rows = len(dataset) if max_samples is None else min(len(dataset), max_samples)
         return [
@@ -311,9 +317,11 @@ def dataset_shards(
             for index, start in enumerate(range(0, num_rows, shard_size))
         ]
     if max_samples is not None:
-        return [StreamShard(0, dataset.take(max_samples), 1, image_column, label_column)]
+        return [StreamShard(0, dataset.take(max_samples), 1, image_column, label_column, key_column)]
     num_shards = dataset.n_shards
-    return [StreamShard(index, dataset, num_shards, image_column, label_column) for index in range(num_shards)]
+    return [
+        StreamShard(index, dataset, num_shards, image_column, label_column, key_column) for index in range(num_shards)
+    ]
 
 
 def collect_image_files(inputs: Sequence[str]) -> list[str]:
