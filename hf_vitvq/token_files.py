@@ -11,8 +11,11 @@ Two formats, chosen by the file's suffix:
   that `hf-vitvq pretokenize` writes (columns `key`, `token_ids`, with `--augment` also `view`) read as token files
   too.
 
-The model's description lets `decode` refuse ids from a model with another codebook or token count. Only the
-standard library, torch, safetensors and (imported when a parquet file is read or written) pyarrow are needed.
+The model's description lets `decode` refuse ids from a model with another codebook or token count. A file written
+with `hf-vitvq encode --num_tokens K` holds the first K ids of each image (its `token_shape` says so, e.g. `[K]`
+with `num_latent_tokens` 32): a model trained with tail-token dropout decodes it, others refuse it, by the rule of
+`ViTVQModel.decode` ([`check_num_tokens`]). Only the standard library, torch, safetensors and (imported when a
+parquet file is read or written) pyarrow are needed.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -36,11 +40,33 @@ METADATA_KEY = "hf_vitvq"
 TOKEN_FILE_SUFFIXES = (".safetensors", ".parquet")
 
 
-def token_shape(config: ViTVQConfig) -> tuple[int, ...]:
-    """The shape of one image's token ids: (num_latent_tokens,), or (num_latent_tokens, num_quantizers) for `rvq`."""
-    if config.quantizer_type == "rvq":
-        return (config.num_latent_tokens, config.num_quantizers)
-    return (config.num_latent_tokens,)
+def token_shape(config: ViTVQConfig, num_tokens: int | None = None) -> tuple[int, ...]:
+    """The shape of one image's token ids: (num_latent_tokens,), or (num_latent_tokens, num_quantizers) for `rvq`;
+    with `num_tokens`, of its first `num_tokens` tokens: (num_tokens,) or (num_tokens, num_quantizers)."""
+    length = config.num_latent_tokens if num_tokens is None else num_tokens
+    return (length, config.num_quantizers) if config.quantizer_type == "rvq" else (length,)
+
+
+def tokens_per_image(config: ViTVQConfig, num_tokens: int | None = None) -> int:
+    """Token ids per image (of its first `num_tokens` tokens): their count, times `num_quantizers` for `rvq`."""
+    return math.prod(token_shape(config, num_tokens))
+
+
+def check_num_tokens(config: ViTVQConfig, num_tokens: int, source: str) -> None:
+    """Raise a `ValueError` starting with `source` unless a model with `config` decodes the first `num_tokens` tokens
+    of an image: all `num_latent_tokens` of them, or, trained with tail-token dropout, any number from
+    `config.min_num_tokens` on (the rule of `ViTVQModel.decode`)."""
+    low, high = config.min_num_tokens, config.num_latent_tokens
+    if low <= num_tokens <= high:
+        return
+    if config.token_dropout == "none":
+        rule = (
+            f"the model was trained without tail-token dropout (token_dropout='none') and decodes all {high} tokens "
+            "only; decoding the first k tokens needs a model trained with token_dropout='tail'"
+        )
+    else:
+        rule = f"the model (token_dropout='tail') decodes the first k tokens for {low} <= k <= {high}"
+    raise ValueError(f"{source}: {rule}.")
 
 
 def config_sha256(config: ViTVQConfig) -> str:
@@ -57,18 +83,20 @@ def weights_sha256(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())  # reshape: 0-dim buffers too
+        # reshape: 0-dim buffers too
+        digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
-def token_metadata(config: ViTVQConfig, model_name: str) -> dict[str, Any]:
-    """What a token file records about the model that wrote it (`model` is the name or path it was loaded from)."""
+def token_metadata(config: ViTVQConfig, model_name: str, num_tokens: int | None = None) -> dict[str, Any]:
+    """What a token file records about the model that wrote it (`model` is the name or path it was loaded from) and
+    its ids: `token_shape` is the shape of one image's ids, of its first `num_tokens` tokens when given."""
     return {
         "model": model_name,
         "config_sha256": config_sha256(config),
         "codebook_size": config.codebook_size,
         "num_latent_tokens": config.num_latent_tokens,
-        "token_shape": list(token_shape(config)),
+        "token_shape": list(token_shape(config, num_tokens)),
     }
 
 
@@ -196,19 +224,24 @@ def view_name(name: str, view: str) -> str:
 
 def check_token_file(token_file: TokenFile, config: ViTVQConfig, source: str = "the token file") -> None:
     """Raise a `ValueError` when `token_file` cannot come from a model with `config`: another codebook size or token
-    count in its metadata, or ids of another shape. (Ids outside the codebook are `model.decode`'s to report.)"""
+    count in its metadata, or ids of another layout; or when the model does not decode as many tokens as the file
+    holds per image (a file of the first k tokens, for a model trained without tail-token dropout: see
+    [`check_num_tokens`]). (Ids outside the codebook are `model.decode`'s to report.)"""
     recorded = token_file.metadata
-    expected = {"codebook_size": config.codebook_size, "token_shape": list(token_shape(config))}
+    expected = {"codebook_size": config.codebook_size, "num_latent_tokens": config.num_latent_tokens}
     mismatches = [f"{name} {recorded[name]} (the model: {value})" for name, value in expected.items()
                   if name in recorded and recorded[name] != value]  # fmt: skip
-    actual_shape = list(token_file.token_ids.shape[1:])
-    if not mismatches and len(token_file.token_ids) and actual_shape != expected["token_shape"]:
-        mismatches.append(f"ids of shape {actual_shape} per image (the model: {expected['token_shape']})")
+    ids = token_file.token_ids
+    model_shape = list(token_shape(config))
+    if not mismatches and len(ids) and (ids.ndim != len(model_shape) + 1 or list(ids.shape[2:]) != model_shape[1:]):
+        mismatches.append(f"ids of shape {list(ids.shape[1:])} per image (the model: {model_shape})")
     if mismatches:
         writer = f" by {recorded['model']}" if "model" in recorded else ""
         raise ValueError(
             f"{source} was written{writer} with {', '.join(mismatches)}: decode it with the model that encoded it."
         )
+    if len(ids):
+        check_num_tokens(config, ids.shape[1], f"{source} holds {ids.shape[1]} tokens per image")
 
 
 def png_names(names: Sequence[str]) -> list[str]:

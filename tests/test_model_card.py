@@ -16,7 +16,8 @@ from conftest import REPO_ROOT, tiny_config_kwargs
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.repocard import metadata_load
 
-from hf_vitvq import ViTVQModel
+from hf_vitvq import ViTVQConfig, ViTVQModel
+from hf_vitvq.cli import add_card_arguments
 from hf_vitvq.convert_titok import convert_titok
 from hf_vitvq.model_card import (
     EVAL_SECTION_BEGIN,
@@ -27,7 +28,7 @@ from hf_vitvq.model_card import (
     read_eval_results,
 )
 from hf_vitvq.training.arguments import DataArguments, TokenizerTrainingArguments
-from hf_vitvq.training.evaluate_tokenizer import add_card_arguments, card_command
+from hf_vitvq.training.evaluate_tokenizer import card_command
 from hf_vitvq.training.model_card import write_model_card
 
 TITOK_FIXTURE = REPO_ROOT / "tests" / "fixtures" / "titok" / "titok_tiny_vq"
@@ -191,3 +192,41 @@ def test_the_writer_needs_nothing_outside_the_package(tmp_path):
     package_file, summary = result.stdout.splitlines()
     assert package_file == str(tmp_path / "hf_vitvq" / "__init__.py")  # the copy, not the repository's
     assert summary == str(len(SECTIONS))
+
+
+def test_results_per_number_of_tokens_go_into_the_card_as_a_table(tmp_path):
+    """A tail-dropout model's card shows which prefixes decode, and its results per number of tokens as a table
+    (rows by k ascending, a dash where a metric was not measured at that k); model-index keeps the main metrics."""
+    config = ViTVQConfig(**tiny_config_kwargs(token_dropout="tail", tail_dropout_min_tokens=2))
+    by_num_tokens = {
+        "7": {"bits_per_image": 36.47, "psnr": 15.61, "ssim": 0.412, "rfid": 2.21},
+        "2": {"bits_per_image": 10.42, "psnr": 12.5, "ssim": 0.2, "rfid": None},
+    }
+    results = {**RESULTS, "by_num_tokens": by_num_tokens}
+    card = model_card(config, "org/tiny", "A test tokenizer.", eval_results=results)
+    lines = card.text.splitlines()
+    header = lines.index("| k tokens | bits per image | PSNR (dB) | SSIM | rFID (lower is better) |")
+    assert lines[header + 1 : header + 4] == ["|---|---|---|---|---|", "| 2 | 10 | 12.50 | 0.2000 | – |",
+                                              "| 7 | 36 | 15.61 | 0.4120 | 2.21 |"]  # fmt: skip
+    prefixes = "| prefixes | tail-token dropout: the first k tokens decode, for any 2 <= k <= 7 (coarse for small k) |"
+    assert prefixes in lines
+    assert card.data.eval_results == eval_results_to_model_index(RESULTS)
+    assert "| k tokens |" not in model_card(config, "org/tiny", "A test tokenizer.", eval_results=RESULTS).text
+    with pytest.raises(ValueError, match=r"by_num_tokens \(number of tokens -> metrics\)"):
+        check_eval_results({**RESULTS, "by_num_tokens": {"all": {"psnr": 1.0}}})
+
+
+def test_the_card_and_hf_vitvq_info_state_the_same_facts(tiny_config):
+    """One function per fact: the card's parameters, quantizer and compression rows are `hf-vitvq info`'s numbers."""
+    from hf_vitvq.cli import model_summary
+
+    summary = model_summary(tiny_config, "tiny")
+    text = model_card(tiny_config, "org/tiny", "A test tokenizer.").text
+    assert f"| parameters | {summary['parameters']['total'] / 1e6:.2f} M |" in text
+    assert f"| quantizer | {summary['quantizer']} |" in text
+    assert summary["quantizer"] == (
+        "vq: 37 x 5 codes, l2-normalised (cosine), learned codebook, straight-through gradients, commitment 0.25"
+    )
+    bits, bits_per_pixel = summary["bits_per_image"], summary["bits_per_pixel"]
+    assert f"| bits per image | {bits:g} ({bits_per_pixel:.4f} bits per pixel) |" in text
+    assert f"| compression | {summary['compression_ratio']:,.0f}x smaller than 24-bit RGB pixels |" in text

@@ -21,8 +21,8 @@ from PIL import Image
 from test_cli import run_cli, save_tiny_model, tiny_model_dir_fixture  # noqa: F401 - fixture `tiny_model_dir`
 
 from hf_vitvq import ViTVQImageProcessor, ViTVQModel
-from hf_vitvq.training.image_shards import AUGMENTATIONS
 from hf_vitvq.token_files import weights_sha256
+from hf_vitvq.training.image_shards import AUGMENTATIONS
 from hf_vitvq.training.pretokenize import INFO_FILE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

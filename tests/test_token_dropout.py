@@ -316,6 +316,25 @@ def test_training_with_tail_dropout_resumes_exactly(tmp_path):
     assert all(torch.equal(reference_weights[name], resumed_weights[name]) for name in reference_weights)
 
 
+def test_training_validation_logs_psnr_from_the_first_k_tokens(tmp_path, capsys):
+    """With tail dropout, train.py's validation adds `psnr_k{k}` for each shorter length of `prefix_lengths`: the
+    PSNR of the final weights from the first k tokens of the validation images (reported, and in the card)."""
+    from hf_vitvq.training.data import embedded_streams, validation_batches
+
+    overrides = {"token_dropout": "tail", "tail_dropout_min_tokens": 8}
+    run_in_process([*QUICK_RUN, "--max_train_steps", "2", "--checkpointing_steps", "100", "--validation_steps", "100",
+                    "--model_overrides", json.dumps(overrides), "--output_dir", str(tmp_path / "tail")])  # fmt: skip
+    printed = capsys.readouterr().out
+    final = tmp_path / "tail" / "final"
+    model, processor = ViTVQModel.from_pretrained(final).eval(), ViTVQImageProcessor.from_pretrained(final)
+    validation = validation_batches(embedded_streams(32)[1], "image", processor, 8, 4)  # QUICK_RUN's 8, batches of 4
+    assert prefix_lengths(model.config) == [8, 16, 32]
+    for k in (8, 16):
+        psnr = evaluate_reconstruction(model, validation, num_tokens=k)["psnr"]
+        assert f"psnr_k{k} {psnr:.4g}" in printed and f"psnr_k{k} {psnr:.4g}" in (final / "README.md").read_text()
+    assert "psnr_k32" not in printed  # all tokens: `psnr`
+
+
 # ------------------------------------------------------------------------------------------------ benchmark
 
 

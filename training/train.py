@@ -33,7 +33,7 @@ from hf_vitvq import ViTVQImageProcessor, ViTVQModel
 from hf_vitvq.training import checkpointing
 from hf_vitvq.training.arguments import DataArguments, ModelArguments, TokenizerTrainingArguments, parse_args
 from hf_vitvq.training.data import TrainingImageStream, load_streams, validation_batches
-from hf_vitvq.training.evaluation import evaluate_reconstruction, save_reconstruction_grid
+from hf_vitvq.training.evaluation import evaluate_reconstruction, prefix_lengths, save_reconstruction_grid
 from hf_vitvq.training.losses import DiscriminatorLoss, TokenizerLoss, decoder_last_layer
 from hf_vitvq.training.model_card import describe_loss, write_model_card
 from hf_vitvq.training.trainer_utils import (
@@ -422,11 +422,15 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.accelerator.unwrap_model(self.model)
 
     def validate(self) -> dict[str, float]:
-        """Validation metrics (main process) and a grid of originals above reconstructions."""
+        """Validation metrics (main process; for a model with tail-token dropout also `psnr_k{k}`, the PSNR from the
+        first k tokens, at `prefix_lengths`) and a grid of originals above reconstructions."""
         metrics: dict[str, float] = {}
         if self.accelerator.is_main_process:
             model = self.evaluation_model()
             metrics = evaluate_reconstruction(model, self.validation)
+            if model.config.token_dropout == "tail":  # PSNR from the first k tokens (all k: `psnr` above)
+                for k in prefix_lengths(model.config)[:-1]:
+                    metrics[f"psnr_k{k}"] = evaluate_reconstruction(model, self.validation, num_tokens=k)["psnr"]
             grid = save_reconstruction_grid(
                 model,
                 self.processor,
