@@ -13,7 +13,6 @@ checksums. The result, `OUTPUT_DIR/final`, loads with `AutoModel.from_pretrained
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import logging
 import time
@@ -22,10 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
-from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 from transformers import AutoModel, get_scheduler
 
@@ -34,6 +30,7 @@ from hf_vitvq.training import checkpointing
 from hf_vitvq.training.arguments import DataArguments, ModelArguments, TokenizerTrainingArguments, parse_args
 from hf_vitvq.training.data import TrainingImageStream, load_streams, validation_batches
 from hf_vitvq.training.evaluation import evaluate_reconstruction, prefix_lengths, save_reconstruction_grid
+from hf_vitvq.training.hub import CheckpointPusher
 from hf_vitvq.training.losses import DiscriminatorLoss, TokenizerLoss, decoder_last_layer
 from hf_vitvq.training.model_card import describe_loss, write_model_card
 from hf_vitvq.training.trainer_utils import (
@@ -42,15 +39,16 @@ from hf_vitvq.training.trainer_utils import (
     TrainingProgress,
     build_config,
     build_discriminator,
-    ema_of_floats,
+    end_training,
     freeze_encoder_and_quantizer,
     load_convnext,
     load_lpips,
     loss_weights,
     parameter_groups,
-    resolve_report_to,
+    prepare_optimization,
     set_train_mode,
     tracker_config,
+    training_accelerator,
     write_code_histogram,
 )
 
@@ -67,15 +65,7 @@ class Trainer:
         self.args = args
         self.data_args = data_args
         self.output_dir = Path(args.output_dir)
-        self.accelerator = Accelerator(
-            mixed_precision=args.mixed_precision,
-            gradient_accumulation_steps=args.gradient_accumulation_steps,
-            log_with=resolve_report_to(args.report_to),
-            project_config=ProjectConfiguration(
-                project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")
-            ),
-        )
-        set_seed(args.seed)
+        self.accelerator = training_accelerator(args)
         # Weight files before the data: a missing or wrong one stops the run before any work.
         lpips, convnext = self.load_perceptual_networks()
         pretrained = None if args.finetune_decoder_from is None else self.load_model_to_finetune()
@@ -109,21 +99,9 @@ class Trainer:
         model = ViTVQModel(self.config) if pretrained is None else pretrained
         if args.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        optimizer = torch.optim.AdamW(
-            parameter_groups(model, args.adam_weight_decay),
-            lr=args.learning_rate,
-            betas=(args.adam_beta1, args.adam_beta2),
-            eps=args.adam_epsilon,
-        )
-        # Not passed to `prepare`: stepped once per optimizer step on every process, whatever their number.
-        self.lr_scheduler = get_scheduler(
-            args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps, num_training_steps=args.max_train_steps
-        )
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        self.ema = None
-        if args.use_ema:
-            self.ema = AveragedModel(model, multi_avg_fn=ema_of_floats(args.ema_decay), use_buffers=True)
-            self.accelerator.register_for_checkpointing(self.ema)
+        optimization = prepare_optimization(self.accelerator, model, args)
+        self.model, self.optimizer = optimization.model, optimization.optimizer
+        self.lr_scheduler, self.ema = optimization.lr_scheduler, optimization.ema
         self.progress = TrainingProgress()
         self.accelerator.register_for_checkpointing(self.lr_scheduler, self.progress)
         self.loss_fn = TokenizerLoss(
@@ -137,13 +115,7 @@ class Trainer:
         self.forward_state_at_step = self.forward_state()
         self.first_step = 0  # where this run started (after resuming)
         self.usage_is_low = False  # whether the last check found the codebook usage under --codebook_usage_warning
-        self.checkpoint_pusher = None
-        if args.push_to_hub and args.hub_push_checkpoints and self.accelerator.is_main_process:
-            from hf_vitvq.training.hub import CheckpointPusher
-
-            self.checkpoint_pusher = CheckpointPusher(
-                args.hub_model_id, args.hub_token, self.output_dir, keep_last=args.checkpoints_total_limit
-            )
+        self.checkpoint_pusher = CheckpointPusher.for_run(args, self.accelerator.is_main_process)
 
     def load_perceptual_networks(self) -> tuple[torch.nn.Module | None, torch.nn.Module | None]:
         """(LPIPS, the ConvNeXt term) as the loss weights ask, on this process's device; frozen, so not prepared.
@@ -621,10 +593,7 @@ def main(argv: list[str] | None = None) -> None:
             )
     finally:
         trainer.finish_pushes()  # also after an error: e.g. the last good state saved at a non-finite loss
-        # Ending the process group explicitly avoids gloo's sporadic abort at interpreter exit.
-        accelerator.free_memory()
-        gc.collect()
-        accelerator.end_training()
+        end_training(accelerator)
 
 
 if __name__ == "__main__":

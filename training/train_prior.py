@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import gc
 import json
 import logging
 import time
@@ -29,12 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
-from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, get_scheduler
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from hf_vitvq import ViTVQConfig, ViTVQImageProcessor, ViTVQMaskGITConfig, ViTVQMaskGITModel, ViTVQModel
 from hf_vitvq.ar_prior import ARPriorVocabulary, ar_prior_config, set_generation_defaults
@@ -42,6 +38,7 @@ from hf_vitvq.configuration_vitvq_maskgit import prior_sequence_shape
 from hf_vitvq.generation_pipeline import ViTVQGenerationPipeline, image_grid, load_prior
 from hf_vitvq.training import checkpointing
 from hf_vitvq.training.arguments import default_warmup_steps, parse_config_and_flags
+from hf_vitvq.training.hub import CheckpointPusher
 from hf_vitvq.training.prior_data import SequenceBatches, TokenData, load_token_data, pretokenize_info
 from hf_vitvq.training.prior_evaluation import (
     class_unigram_bits_per_token,
@@ -52,10 +49,10 @@ from hf_vitvq.training.prior_evaluation import (
 from hf_vitvq.training.trainer_utils import (
     NonFiniteLossError,
     TrainingProgress,
-    ema_of_floats,
-    parameter_groups,
-    resolve_report_to,
+    end_training,
+    prepare_optimization,
     tracker_config,
+    training_accelerator,
 )
 
 logger = get_logger(__name__)
@@ -299,34 +296,14 @@ class PriorTrainer:
     ) -> None:
         self.model_args, self.data_args, self.args = model_args, data_args, args
         self.output_dir = Path(args.output_dir)
-        self.accelerator = Accelerator(
-            mixed_precision=args.mixed_precision,
-            gradient_accumulation_steps=args.gradient_accumulation_steps,
-            log_with=resolve_report_to(args.report_to),
-            project_config=ProjectConfiguration(
-                project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")
-            ),
-        )
-        set_seed(args.seed)
+        self.accelerator = training_accelerator(args)
         self.data = load_token_data(data_args)
         self.codebook_size = codebook_size_of(model_args, data_args, self.data)
         model = build_prior(model_args, self.codebook_size, self.data.train.sequence_length, self.data.num_classes)
         self.vocabulary = None if model_args.prior == "maskgit" else ARPriorVocabulary.from_config(model.config)
-        optimizer = torch.optim.AdamW(
-            parameter_groups(model, args.adam_weight_decay),
-            lr=args.learning_rate,
-            betas=(args.adam_beta1, args.adam_beta2),
-            eps=args.adam_epsilon,
-        )
-        # Not passed to `prepare`: stepped once per optimizer step on every process, whatever their number.
-        self.lr_scheduler = get_scheduler(
-            args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps, num_training_steps=args.max_train_steps
-        )
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        self.ema = None
-        if args.use_ema:
-            self.ema = AveragedModel(model, multi_avg_fn=ema_of_floats(args.ema_decay), use_buffers=True)
-            self.accelerator.register_for_checkpointing(self.ema)
+        optimization = prepare_optimization(self.accelerator, model, args)
+        self.model, self.optimizer = optimization.model, optimization.optimizer
+        self.lr_scheduler, self.ema = optimization.lr_scheduler, optimization.ema
         self.progress = TrainingProgress()
         self.batches = SequenceBatches(
             len(self.data.train),
@@ -340,13 +317,7 @@ class PriorTrainer:
         if model_args.tokenizer is not None and self.accelerator.is_main_process:
             tokenizer = ViTVQModel.from_pretrained(model_args.tokenizer).to(self.accelerator.device).eval()
             self.pipeline_parts = (tokenizer, ViTVQImageProcessor.from_pretrained(model_args.tokenizer))
-        self.checkpoint_pusher = None
-        if args.push_to_hub and args.hub_push_checkpoints and self.accelerator.is_main_process:
-            from hf_vitvq.training.hub import CheckpointPusher
-
-            self.checkpoint_pusher = CheckpointPusher(
-                args.hub_model_id, args.hub_token, self.output_dir, keep_last=args.checkpoints_total_limit
-            )
+        self.checkpoint_pusher = CheckpointPusher.for_run(args, self.accelerator.is_main_process)
 
     # ------------------------------------------------------------------------------------------ checkpoints
 
@@ -607,10 +578,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"\nDone: {trainer.progress.global_step} steps. Validation: {summary}.\nThe prior is in {final}.")
     finally:
         trainer.finish_pushes()
-        # Ending the process group explicitly avoids gloo's sporadic abort at interpreter exit.
-        accelerator.free_memory()
-        gc.collect()
-        accelerator.end_training()
+        end_training(accelerator)
 
 
 if __name__ == "__main__":

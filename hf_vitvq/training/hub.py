@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_for_futures
 from pathlib import Path
+from typing import Any
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
@@ -57,6 +58,14 @@ class CheckpointPusher:
         self._queued: list[Path] = []  # pushed, upload not started, in push order
         self._last_uploaded: str | None = None  # the last checkpoint this pusher committed
         self._lock = threading.Lock()  # guards `_queued` between the training and the upload thread
+
+    @classmethod
+    def for_run(cls, args: Any, is_main_process: bool) -> CheckpointPusher | None:
+        """The pusher of a training run whose flags (`args`) ask for checkpoint uploads (`--push_to_hub` with
+        `--hub_push_checkpoints`), on the main process; else None."""
+        if not (args.push_to_hub and args.hub_push_checkpoints and is_main_process):
+            return None
+        return cls(args.hub_model_id, args.hub_token, args.output_dir, keep_last=args.checkpoints_total_limit)
 
     def push(self, folder: Path) -> Future:
         """Queue the upload of the checkpoint `folder`; returns at once with the upload's future (its result: the

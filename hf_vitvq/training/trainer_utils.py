@@ -1,20 +1,25 @@
-"""Pieces of the tokenizer training loop that do not need the loop itself: the model config a run builds, the
-optimizer's parameter groups, the weight EMA, progress counters saved in checkpoints, tracker helpers, the perceptual
-networks and the discriminator a run uses, and the freezing of decoder fine-tuning."""
+"""Pieces of the training loops (`training/train.py`, `training/train_prior.py`) that do not need the loop itself: the
+Accelerator and the optimization state both scripts set up, the weight EMA, progress counters saved in checkpoints,
+tracker helpers; and for the tokenizer the model config a run builds, the perceptual networks and the discriminator
+a run uses, and the freezing of decoder fine-tuning."""
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
 from huggingface_hub import constants
 from torch import nn
-from torch.optim.swa_utils import get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from transformers import get_scheduler
 
 from hf_vitvq import ViTVQConfig, ViTVQModel
 from hf_vitvq.configuration_vitvq import looks_like_local_path
@@ -48,6 +53,80 @@ class TrainingProgress:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.global_step, self.images_seen = state["global_step"], state["images_seen"]
+
+
+class OptimizationArguments(Protocol):
+    """The flags that `training_accelerator` and `prepare_optimization` read (both scripts' training arguments)."""
+
+    output_dir: str
+    seed: int
+    mixed_precision: str
+    gradient_accumulation_steps: int
+    report_to: str
+    learning_rate: float
+    adam_beta1: float
+    adam_beta2: float
+    adam_weight_decay: float
+    adam_epsilon: float
+    lr_scheduler: str
+    lr_warmup_steps: int
+    max_train_steps: int
+    use_ema: bool
+    ema_decay: float
+
+
+def training_accelerator(args: OptimizationArguments) -> Accelerator:
+    """The run's `Accelerator` (mixed precision, gradient accumulation, trackers logging under `OUTPUT_DIR/logs`),
+    with every random generator seeded from `args.seed`."""
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=resolve_report_to(args.report_to),
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+    set_seed(args.seed)
+    return accelerator
+
+
+@dataclass
+class Optimization:
+    """What `prepare_optimization` returns: the prepared model and optimizer, the scheduler, the weight EMA."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: AveragedModel | None
+
+
+def prepare_optimization(accelerator: Accelerator, model: nn.Module, args: OptimizationArguments) -> Optimization:
+    """AdamW over `parameter_groups(model)` with `get_scheduler`'s schedule, model and optimizer prepared by
+    `accelerator`, and with `--use_ema` an EMA of the weights registered for checkpointing. The scheduler is not
+    prepared: it is stepped once per optimizer step on every process, whatever their number; the caller registers
+    it for checkpointing (after the EMA, the order checkpoints hold them in)."""
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, args.adam_weight_decay),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+    )
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps, num_training_steps=args.max_train_steps
+    )
+    prepared_model, prepared_optimizer = accelerator.prepare(model, optimizer)
+    ema = None
+    if args.use_ema:
+        ema = AveragedModel(model, multi_avg_fn=ema_of_floats(args.ema_decay), use_buffers=True)
+        accelerator.register_for_checkpointing(ema)
+    return Optimization(prepared_model, prepared_optimizer, lr_scheduler, ema)
+
+
+def end_training(accelerator: Accelerator) -> None:
+    """Release the run's memory and end its trackers and process group (explicitly: it avoids gloo's sporadic abort
+    at interpreter exit)."""
+    accelerator.free_memory()
+    gc.collect()
+    accelerator.end_training()
 
 
 def tracker_config(args: TokenizerTrainingArguments) -> dict[str, Any]:
