@@ -3,7 +3,7 @@
     hf-vitvq info MODEL                              # sizes, tokens, bits per image, quantizer
     hf-vitvq encode MODEL photos/ -o tokens.parquet  # images -> token ids (+ file names)
     hf-vitvq decode MODEL tokens.parquet -o out/     # token ids -> PNGs named after the files
-    hf-vitvq reconstruct MODEL photos/ -o out/       # originals above reconstructions, PSNR / SSIM table
+    hf-vitvq reconstruct MODEL photos/ -o out/       # originals beside reconstructions, PSNR / SSIM table
     hf-vitvq pretokenize MODEL --train_data_dir photos/ --output_dir tokens/   # a dataset -> parquet shards
     hf-vitvq eval MODEL --train_data_dir photos/     # rFID, PSNR, SSIM, ... into eval_results.json
     hf-vitvq card MODEL --eval eval_results.json     # the results into the model card
@@ -423,8 +423,11 @@ def reconstruct_batch(
 def run_reconstruct(args: argparse.Namespace) -> int:
     import csv
 
+    import numpy as np
+    import PIL.Image
+
     from .token_files import png_names
-    from .training.evaluation import comparison_grid
+    from .training.evaluation import reconstruction_sheet, token_caption
     from .training.image_shards import cpu_threads, load_tokenizer, pixel_value_table
 
     check_positive(args, "batch_size", "num_tokens")
@@ -450,9 +453,12 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     for name, result in zip(png_names([result.key for result in results]), results, strict=True):
         path = pairs / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        comparison_grid([result.original], [result.reconstruction]).save(path)
+        pair = np.concatenate([np.asarray(result.original), np.asarray(result.reconstruction)])  # original on top
+        PIL.Image.fromarray(pair).save(path)
     shown = results[:OVERVIEW_IMAGES]
-    comparison_grid([r.original for r in shown], [r.reconstruction for r in shown]).save(output_dir / "overview.png")
+    caption = token_caption(model.config, args.num_tokens)
+    overview = reconstruction_sheet([r.original for r in shown], [r.reconstruction for r in shown], caption)
+    overview.image.save(output_dir / "overview.png")
     with open(output_dir / "metrics.csv", "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["file", "psnr_db", "ssim"])
@@ -461,8 +467,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     mean_ssim = sum(result.ssim for result in results) / len(results)
     tokens = "" if args.num_tokens is None else f" from the first {args.num_tokens} tokens"
     print(f"{len(results)} images{tokens}: mean PSNR {mean_psnr:.2f} dB, mean SSIM {mean_ssim:.4f}")
-    print(f"Originals (top) above reconstructions (bottom) in {pairs} and {output_dir / 'overview.png'}; per image "
-          f"scores in {output_dir / 'metrics.csv'}")  # fmt: skip
+    print(f"Originals (top) above reconstructions (bottom) in {pairs}; the first {len(shown)} side by side, "
+          f"labelled, enlarged, in {output_dir / 'overview.png'}; scores in {output_dir / 'metrics.csv'}")  # fmt: skip
     return 0
 
 

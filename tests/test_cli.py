@@ -19,6 +19,7 @@ from hf_vitvq import ViTVQConfig, ViTVQImageProcessor, ViTVQModel
 from hf_vitvq.cli import COMMANDS, main
 from hf_vitvq.metrics import psnr
 from hf_vitvq.token_files import load_token_file, png_names, save_token_file, token_metadata
+from hf_vitvq.training.evaluation import reconstruction_sheet, token_caption
 
 NUM_PHOTOS = 10
 
@@ -231,7 +232,14 @@ def test_reconstruct_writes_pairs_and_a_psnr_ssim_table(tiny_model_dir, photo_fo
         assert 0 < float(row["ssim"]) <= 1
     mean = np.mean([float(row["psnr_db"]) for row in rows])
     assert f"{NUM_PHOTOS} images: mean PSNR {mean:.2f} dB" in out
-    assert Image.open(output / "overview.png").size == (8 * 32, 2 * 32)
+    # the first 8 pairs side by side, labelled and enlarged, captioned with what the tokens are
+    halves = [np.split(np.array(Image.open(output / "pairs" / path.relative_to(photo_folder).with_suffix(".png"))), 2)
+              for path in files[:8]]  # fmt: skip
+    config = ViTVQConfig.from_pretrained(tiny_model_dir)
+    originals, reconstructions = ([Image.fromarray(pair[side]) for pair in halves] for side in (0, 1))
+    expected = reconstruction_sheet(originals, reconstructions, token_caption(config))
+    overview = np.asarray(Image.open(output / "overview.png").convert("RGB"))
+    assert overview.shape[0] > 128 and np.array_equal(overview, np.asarray(expected.image.convert("RGB")))
 
 
 def test_reconstruct_runs_an_untrained_preset(photo_paths, tmp_path, capsys):

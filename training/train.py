@@ -395,7 +395,7 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         """Validation metrics (main process; for a model with tail-token dropout also `psnr_k{k}`, the PSNR from the
-        first k tokens, at `prefix_lengths`) and a grid of originals above reconstructions."""
+        first k tokens, at `prefix_lengths`) and a reconstruction sheet (`save_reconstruction_grid`)."""
         metrics: dict[str, float] = {}
         if self.accelerator.is_main_process:
             model = self.evaluation_model()

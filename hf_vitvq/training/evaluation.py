@@ -1,8 +1,10 @@
-"""Validation: PSNR, SSIM and codebook health on held-out images, and the grid of originals and reconstructions."""
+"""Validation: PSNR, SSIM and codebook health on held-out images, and the sheet of originals beside their
+reconstructions."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +12,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from hf_vitvq import ViTVQConfig, ViTVQImageProcessor, ViTVQModel
-from hf_vitvq.image_processing_vitvq import to_uint8
 from hf_vitvq.metrics import codebook_usage, psnr, ssim
+from hf_vitvq.model_card import compression_numbers
+from hf_vitvq.pixel_conversion import to_uint8
 from hf_vitvq.quantizer_base import code_perplexity
 
 
@@ -105,16 +108,6 @@ def chart_by_num_tokens(
     return image
 
 
-def comparison_grid(originals: list[Image.Image], reconstructions: list[Image.Image]) -> Image.Image:
-    """One image: `originals` in the top row, `reconstructions` below them, all the size of the first."""
-    width, height = originals[0].size
-    grid = Image.new("RGB", (width * len(originals), 2 * height))
-    for column, (original, reconstruction) in enumerate(zip(originals, reconstructions, strict=True)):
-        grid.paste(original.resize((width, height)), (column * width, 0))
-        grid.paste(reconstruction.resize((width, height)), (column * width, height))
-    return grid
-
-
 @torch.inference_mode()
 def reconstruct(
     model: ViTVQModel, processor: ViTVQImageProcessor, pixel_values: torch.Tensor, num_tokens: int | None = None
@@ -125,22 +118,133 @@ def reconstruct(
     return token_ids, processor.postprocess(model.decode(token_ids).float().cpu(), output_type="pil")
 
 
+SHEET_MIN_TILE_SIZE = 128  # pixels: smaller images are enlarged (nearest neighbour) to at least this on a sheet
+SHEET_PAIRS_PER_ROW = 4
+
+
+@dataclass
+class ReconstructionSheet:
+    """A reconstruction sheet (see [`reconstruction_sheet`]) and the numbers written on it."""
+
+    image: Image.Image
+    psnrs: list[float]  # dB, of each pair, in the order drawn (written under the pair, to one decimal)
+    caption: str  # what the tokens are: `token_caption(config)`
+    scale: int  # each image pixel is drawn as a `scale` x `scale` block
+    original_boxes: list[tuple[int, int, int, int]]  # (left, top, right, bottom) of each original on `image`
+    reconstruction_boxes: list[tuple[int, int, int, int]]
+
+
+def sheet_scale(image_size: int, min_tile_size: int = SHEET_MIN_TILE_SIZE) -> int:
+    """The whole-number enlargement that draws an `image_size`-pixel image at least `min_tile_size` pixels wide (1
+    for images that are already)."""
+    return max(1, math.ceil(min_tile_size / image_size))
+
+
+def _short_number(value: float) -> str:
+    """`value` without decimals when it is whole (10, 320), else to 2 decimals (9.97)."""
+    return f"{value:.0f}" if value == round(value) else f"{value:.2f}"
+
+
+def token_caption(config: ViTVQConfig, num_tokens: int | None = None) -> str:
+    """What one image becomes (or its first `num_tokens` tokens), from `compression_numbers`: e.g. "32 tokens per
+    32x32 image, each one of 1024 codes (10 bits): 320 bits per image (0.312 bits per pixel)"; residual VQ counts one
+    token per level and says so."""
+    numbers = compression_numbers(config, num_tokens)
+    tokens, bits = numbers["tokens_per_image"], numbers["bits_per_image"]
+    image = f"{config.image_size}x{config.image_size} image"
+    if bits is None:
+        return f"{tokens} continuous tokens of {config.codebook_dim} channels per {image} (no bit count)"
+    levels = ""
+    if config.quantizer_type == "rvq":  # one token per latent and level
+        levels = f" ({tokens // config.num_quantizers} x {config.num_quantizers} residual levels)"
+    bits_per_token = _short_number(bits / tokens)
+    return (
+        f"{tokens} tokens{levels} per {image}, each one of {config.codebook_size} codes ({bits_per_token} bits): "
+        f"{_short_number(bits)} bits per image ({numbers['bits_per_pixel']:.3g} bits per pixel)"
+    )
+
+
+def images_to_unit_range(images: list[Image.Image]) -> torch.Tensor:
+    """RGB PIL images of one size -> (B, 3, H, W) float32 in [0, 1]."""
+    arrays = np.stack([np.asarray(image.convert("RGB")) for image in images])
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 255  # (B, H, W, 3) -> (B, 3, H, W)
+
+
+def reconstruction_sheet(
+    originals: list[Image.Image],
+    reconstructions: list[Image.Image],
+    caption: str,
+    pairs_per_row: int = SHEET_PAIRS_PER_ROW,
+    min_tile_size: int = SHEET_MIN_TILE_SIZE,
+) -> ReconstructionSheet:
+    """One image for people to judge reconstructions by: the `caption` (what the tokens are) on top, then each
+    original beside its reconstruction, labelled, `pairs_per_row` pairs a row, with the PSNR of the pair (of these
+    8-bit images, `hf_vitvq.metrics.psnr`) under it. Images (all of one size) smaller than `min_tile_size` are
+    enlarged by a whole factor, nearest neighbour, so that every drawn pixel is one of the image's."""
+    if not originals or len(originals) != len(reconstructions):
+        raise ValueError(
+            f"Need one reconstruction per original and at least one pair, got {len(originals)} originals and "
+            f"{len(reconstructions)} reconstructions."
+        )
+    width, height = originals[0].size
+    if sizes := {image.size for image in [*originals, *reconstructions]} - {(width, height)}:
+        raise ValueError(f"All images must be {width}x{height} (the first original's size), got also {sorted(sizes)}.")
+    scale = sheet_scale(max(width, height), min_tile_size)
+    tile_width, tile_height = width * scale, height * scale
+    psnrs = psnr(images_to_unit_range(reconstructions), images_to_unit_range(originals)).tolist()
+    font = ImageFont.load_default(size=14)
+    margin, pair_gap, tile_gap, text_height = 12, 24, 4, 20
+    columns = min(pairs_per_row, len(originals))
+    rows = math.ceil(len(originals) / columns)
+    pair_width = 2 * tile_width + tile_gap
+    row_height = text_height + tile_height + text_height + 8
+    caption_lines = [
+        caption,
+        f"Left: original; right: its reconstruction from the tokens. {width}x{height} pixels, shown {scale}x "
+        f"(nearest neighbour); mean PSNR {sum(psnrs) / len(psnrs):.1f} dB.",
+    ]
+    text_width = max(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(line, font=font) for line in caption_lines)
+    sheet_width = max(2 * margin + columns * pair_width + (columns - 1) * pair_gap, 2 * margin + math.ceil(text_width))
+    top = margin + len(caption_lines) * text_height + 8
+    image = Image.new("RGB", (sheet_width, top + rows * row_height + margin - 8), "white")
+    draw = ImageDraw.Draw(image)
+    for index, line in enumerate(caption_lines):
+        draw.text((margin, margin + index * text_height), line, fill="black", font=font)
+    original_boxes, reconstruction_boxes = [], []
+    for index, (original, reconstruction) in enumerate(zip(originals, reconstructions, strict=True)):
+        row, column = divmod(index, columns)
+        left = margin + column * (pair_width + pair_gap)
+        tile_top = top + row * row_height + text_height
+        original_boxes.append((left, tile_top, left + tile_width, tile_top + tile_height))
+        reconstruction_boxes.append((left + tile_width + tile_gap, tile_top, left + pair_width, tile_top + tile_height))
+        for tile, label, box in (
+            (original, "original", original_boxes[-1]),
+            (reconstruction, "reconstruction", reconstruction_boxes[-1]),
+        ):
+            image.paste(tile.convert("RGB").resize((tile_width, tile_height), Image.Resampling.NEAREST), box[:2])
+            draw.text((box[0] + tile_width / 2, tile_top - 5), label, fill="black", font=font, anchor="ms")
+        psnr_text = f"PSNR {psnrs[index]:.1f} dB"
+        draw.text((left + pair_width / 2, tile_top + tile_height + 3), psnr_text, fill="black", font=font, anchor="ma")
+    return ReconstructionSheet(image, psnrs, caption, scale, original_boxes, reconstruction_boxes)
+
+
+def model_reconstruction_sheet(
+    model: ViTVQModel, processor: ViTVQImageProcessor, pixel_values: torch.Tensor, count: int = 8
+) -> ReconstructionSheet:
+    """The [`reconstruction_sheet`] of the first `count` of `pixel_values`, encoded and decoded by `model`, with
+    `token_caption(model.config)` on top."""
+    pixel_values = pixel_values[:count]
+    _, reconstructions = reconstruct(model, processor, pixel_values)
+    originals = processor.postprocess(pixel_values.float().cpu(), output_type="pil")
+    return reconstruction_sheet(originals, reconstructions, token_caption(model.config))
+
+
 def save_reconstruction_grid(
     model: ViTVQModel, processor: ViTVQImageProcessor, pixel_values: torch.Tensor, path: Path, count: int = 8
 ) -> np.ndarray:
-    """Encode and decode the first `count` of `pixel_values` and write the originals (top row) above their
-    reconstructions (bottom row) as a PNG at `path`; returns the grid as an (H, W, 3) uint8 array."""
-    pixel_values = pixel_values[:count]
-    _, reconstructions = reconstruct(model, processor, pixel_values)
-    grid = comparison_grid(processor.postprocess(pixel_values.float().cpu(), output_type="pil"), reconstructions)
+    """Write the [`model_reconstruction_sheet`] of the first `count` of `pixel_values` as a PNG at `path`; returns
+    the sheet as an (H, W, 3) uint8 array."""
+    sheet = model_reconstruction_sheet(model, processor, pixel_values, count)
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
-    return np.asarray(grid)
-
-
-def load_model(name_or_path: str) -> tuple[ViTVQModel, ViTVQImageProcessor]:
-    """A trained model folder (or Hub id), or an untrained preset such as `tiny`."""
-    if name_or_path in ViTVQConfig.presets():
-        model = ViTVQModel(ViTVQConfig.from_preset(name_or_path))
-        return model, ViTVQImageProcessor.for_config(model.config)
-    return ViTVQModel.from_pretrained(name_or_path), ViTVQImageProcessor.from_pretrained(name_or_path)
+    sheet.image.save(path)
+    return np.asarray(sheet.image)
