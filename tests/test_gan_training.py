@@ -10,10 +10,8 @@ import json
 import logging
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -21,7 +19,7 @@ import torch
 from accelerate.state import AcceleratorState, GradientState
 from conftest import REPO_ROOT, load_script, tiny_config_kwargs
 from safetensors.torch import load_file
-from training_utils import QUICK_RUN, load_train_script, losses_by_step, run_in_process, start_subprocess
+from training_utils import QUICK_RUN, interrupt_and_resume, load_train_script, losses_by_step, run_in_process
 from transformers import ConvNextConfig, ConvNextForImageClassification
 
 from hf_vitvq import ViTVQConfig, ViTVQModel, ViTVQModelOutput
@@ -291,21 +289,8 @@ def test_crash_and_resume_with_the_discriminator_gives_the_uninterrupted_run(tmp
               "2", "--validation_steps", "1000", "--use_ema", "--ema_decay", "0.9", "--discriminator_start_step", "5",
               "--lecam_weight", "0.1", "--gan_weight_mode", "adaptive",
               "--model_overrides", json.dumps(DEMO_CODEBOOK)]  # fmt: skip
-    reference_dir, crashed_dir = tmp_path / "reference", tmp_path / "crashed"
-    reference = start_subprocess([*common, "--output_dir", str(reference_dir)], tmp_path / "reference.log")
-    crashed = start_subprocess([*common, "--output_dir", str(crashed_dir)], tmp_path / "crashed.log")
-    deadline = time.monotonic() + 120
-    while not (crashed_dir / "checkpoint-10").is_dir():
-        assert crashed.poll() is None and time.monotonic() < deadline, (tmp_path / "crashed.log").read_text()[-2000:]
-        time.sleep(0.02)
-    crashed.send_signal(signal.SIGKILL)
-    crashed.wait()
-    resumed_from = checkpointing.latest_checkpoint(crashed_dir)
-    assert reference.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()[-3000:]
-    resume = start_subprocess([*common, "--output_dir", str(crashed_dir), "--resume_from_checkpoint", "latest"],
-                              tmp_path / "resumed.log")  # fmt: skip
-    assert resume.wait(timeout=300) == 0, (tmp_path / "resumed.log").read_text()[-3000:]
-    assert f"Resumed from {resumed_from}" in (tmp_path / "resumed.log").read_text()
+    run = interrupt_and_resume(common, tmp_path, kill_after_checkpoint=10)
+    reference_dir, crashed_dir, resumed_from = run.reference_dir, run.resumed_dir, run.resumed_from
 
     start = checkpointing.checkpoint_step(resumed_from)
     for term in ("loss", "discriminator_loss", "lecam_loss", "adversarial_weight", "discriminator_lr"):

@@ -6,12 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from types import ModuleType
 
@@ -23,6 +18,7 @@ from conftest import REPO_ROOT, load_script, tiny_config_kwargs
 from fake_hub import fake_hub_fixture  # noqa: F401
 from PIL import Image
 from safetensors.torch import load_file
+from training_utils import interrupt_and_resume
 from transformers import AutoModelForCausalLM
 
 from hf_vitvq import ViTVQConfig, ViTVQImageProcessor, ViTVQMaskGITConfig, ViTVQMaskGITModel, ViTVQModel
@@ -102,12 +98,6 @@ def run_in_process(argv: list[str]) -> None:
         GradientState._reset_state()
 
 
-def start_subprocess(argv: list[str], log_path: Path) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, str(SCRIPT), *argv], cwd=REPO_ROOT, env=env,
-                            stdout=log_path.open("w"), stderr=subprocess.STDOUT)  # fmt: skip
-
-
 def losses(output_dir: Path) -> dict[int, float]:
     """The loss of each step in train_log.jsonl (a resumed run's later entries win)."""
     entries = [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines()]
@@ -138,21 +128,8 @@ def test_maskgit_crash_and_resume_gives_the_uninterrupted_run(tmp_path):
     common = [*QUICK, "--train_data_dir", str(data), "--max_train_steps", "12", "--checkpointing_steps", "4",
               "--checkpoints_total_limit", "2", "--validation_steps", "100", "--use_ema",
               "--ema_decay", "0.9"]  # fmt: skip
-    reference_dir, crashed_dir = tmp_path / "reference", tmp_path / "crashed"
-    reference = start_subprocess([*common, "--output_dir", str(reference_dir)], tmp_path / "reference.log")
-    crashed = start_subprocess([*common, "--output_dir", str(crashed_dir)], tmp_path / "crashed.log")
-    deadline = time.monotonic() + 180
-    while not (crashed_dir / "checkpoint-4").is_dir():
-        assert crashed.poll() is None and time.monotonic() < deadline, (tmp_path / "crashed.log").read_text()[-2000:]
-        time.sleep(0.02)
-    crashed.send_signal(signal.SIGKILL)
-    crashed.wait()
-    resumed_from = checkpointing.latest_checkpoint(crashed_dir)
-    assert reference.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()[-3000:]
-    resume = start_subprocess([*common, "--output_dir", str(crashed_dir), "--resume_from_checkpoint", "latest"],
-                              tmp_path / "resumed.log")  # fmt: skip
-    assert resume.wait(timeout=300) == 0, (tmp_path / "resumed.log").read_text()[-3000:]
-    assert f"Resumed from {resumed_from}" in (tmp_path / "resumed.log").read_text()
+    run = interrupt_and_resume(common, tmp_path, kill_after_checkpoint=4, script="train_prior.py")
+    reference_dir, crashed_dir, resumed_from = run.reference_dir, run.resumed_dir, run.resumed_from
     start = checkpointing.checkpoint_step(resumed_from)
     expected, actual = losses(reference_dir), losses(crashed_dir)
     assert start < 12 and [actual[s] for s in range(start + 1, 13)] == [expected[s] for s in range(start + 1, 13)]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 from fake_hub import fake_hub_fixture  # noqa: F401
 from safetensors.torch import load_file
 from test_training_parts import make_image_folder
-from training_utils import QUICK_RUN, checkpoint_names_in_repo, losses_by_step, run_in_process, start_subprocess
+from training_utils import QUICK_RUN, checkpoint_names_in_repo, interrupt_and_resume, losses_by_step, run_in_process
 
 from hf_vitvq import ViTVQConfig, ViTVQImageProcessor, ViTVQModel
 from hf_vitvq.training import checkpointing
@@ -56,28 +55,16 @@ def test_crash_and_resume_gives_the_uninterrupted_run(tmp_path, num_workers):
     common = [*QUICK_RUN, "--max_train_steps", "40", "--checkpointing_steps", "10", "--checkpoints_total_limit", "2",
               "--validation_steps", "1000", "--use_ema", "--ema_decay", "0.9", "--dataloader_num_workers", num_workers,
               "--model_overrides", json.dumps(DEMO_CODEBOOK)]  # fmt: skip
-    reference_dir, crashed_dir = tmp_path / "reference", tmp_path / "crashed"
-    reference = start_subprocess([*common, "--output_dir", str(reference_dir)], tmp_path / "reference.log")
+    half_written = checkpointing.incomplete_dir(tmp_path / "crashed", 39)
 
-    crashed = start_subprocess([*common, "--output_dir", str(crashed_dir)], tmp_path / "crashed.log")
-    deadline = time.monotonic() + 120
-    while not (crashed_dir / "checkpoint-10").is_dir():
-        assert crashed.poll() is None and time.monotonic() < deadline, (tmp_path / "crashed.log").read_text()[-2000:]
-        time.sleep(0.02)
-    crashed.send_signal(signal.SIGKILL)
-    crashed.wait()
-    # A checkpoint caught mid-write (no rename yet) must never be picked up as `latest`.
-    half_written = checkpointing.incomplete_dir(crashed_dir, 39)
-    half_written.mkdir()
-    (half_written / "model.safetensors").write_bytes(b"partial")
-    resumed_from = checkpointing.latest_checkpoint(crashed_dir)
-    assert resumed_from is not None and resumed_from.name != half_written.name
+    def half_write(crashed_dir: Path) -> None:
+        """A checkpoint caught mid-write (no rename yet) must never be picked up as `latest`."""
+        half_written.mkdir()
+        (half_written / "model.safetensors").write_bytes(b"partial")
 
-    assert reference.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()[-3000:]
-    resume = start_subprocess([*common, "--output_dir", str(crashed_dir), "--resume_from_checkpoint", "latest"],
-                              tmp_path / "resumed.log")  # fmt: skip
-    assert resume.wait(timeout=300) == 0, (tmp_path / "resumed.log").read_text()[-3000:]
-    assert f"Resumed from {resumed_from}" in (tmp_path / "resumed.log").read_text()
+    run = interrupt_and_resume(common, tmp_path, kill_after_checkpoint=10, before_resume=half_write)
+    reference_dir, crashed_dir, resumed_from = run.reference_dir, run.resumed_dir, run.resumed_from
+    assert resumed_from.name != half_written.name
     assert not half_written.exists()
 
     expected, actual = losses_by_step(reference_dir), losses_by_step(crashed_dir)
