@@ -24,7 +24,6 @@ from hf_vitvq.training.data import (
     decode_random_crop,
     draft_reduction,
     image_folder_stream,
-    validation_batches,
 )
 from hf_vitvq.training.image_shards import (
     ShardBatchDataset,
@@ -32,6 +31,7 @@ from hf_vitvq.training.image_shards import (
     pixel_value_table,
     shard_batch_loader,
     to_pixel_values,
+    validation_batches,
 )
 
 

@@ -12,13 +12,14 @@ from training_utils import QUICK_RUN, run_in_process
 
 from hf_vitvq import ViTVQConfig, ViTVQImageProcessor, ViTVQModel
 from hf_vitvq.metrics import psnr
-from hf_vitvq.training.data import embedded_streams, validation_batches
+from hf_vitvq.training.data import embedded_streams
 from hf_vitvq.training.evaluation import (
     model_reconstruction_sheet,
     reconstruction_sheet,
     to_unit_range,
     token_caption,
 )
+from hf_vitvq.training.image_shards import validation_batches
 
 
 def random_images(count: int, size: int, seed: int) -> list[Image.Image]:

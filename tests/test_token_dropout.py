@@ -319,7 +319,8 @@ def test_training_with_tail_dropout_resumes_exactly(tmp_path):
 def test_training_validation_logs_psnr_from_the_first_k_tokens(tmp_path, capsys):
     """With tail dropout, train.py's validation adds `psnr_k{k}` for each shorter length of `prefix_lengths`: the
     PSNR of the final weights from the first k tokens of the validation images (reported, and in the card)."""
-    from hf_vitvq.training.data import embedded_streams, validation_batches
+    from hf_vitvq.training.data import embedded_streams
+    from hf_vitvq.training.image_shards import validation_batches
 
     overrides = {"token_dropout": "tail", "tail_dropout_min_tokens": 8}
     run_in_process([*QUICK_RUN, "--max_train_steps", "2", "--checkpointing_steps", "100", "--validation_steps", "100",

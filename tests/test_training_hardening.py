@@ -23,8 +23,8 @@ from hf_vitvq.training.data import (
     image_folder_stream,
     image_folder_streams,
 )
-from hf_vitvq.training.data import validation_batches as make_validation_batches
 from hf_vitvq.training.evaluation import evaluate_reconstruction
+from hf_vitvq.training.image_shards import validation_batches as make_validation_batches
 from hf_vitvq.training.trainer_utils import build_config
 
 # QUICK_RUN without its --validation_images, for the runs that check the default

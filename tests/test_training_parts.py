@@ -28,8 +28,8 @@ from hf_vitvq.training.data import (
     image_folder_stream,
     image_folder_streams,
     load_streams,
-    validation_batches,
 )
+from hf_vitvq.training.image_shards import validation_batches
 from hf_vitvq.training.losses import LossWeights, TokenizerLoss
 
 # ---------------------------------------------------------------------------------------------- arguments

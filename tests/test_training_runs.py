@@ -16,8 +16,9 @@ from training_utils import QUICK_RUN, checkpoint_names_in_repo, interrupt_and_re
 
 from hf_vitvq import ViTVQConfig, ViTVQImageProcessor, ViTVQModel
 from hf_vitvq.training import checkpointing
-from hf_vitvq.training.data import embedded_streams, validation_batches
+from hf_vitvq.training.data import embedded_streams
 from hf_vitvq.training.evaluation import evaluate_reconstruction
+from hf_vitvq.training.image_shards import validation_batches
 from hf_vitvq.training.trainer_utils import NonFiniteLossError
 
 # The demo's codebook recipe (training/configs/demo.yaml) with restarts after 2 idle steps: state in the quantizer.

@@ -28,9 +28,10 @@ from transformers import AutoModel, get_scheduler
 from hf_vitvq import ViTVQImageProcessor, ViTVQModel
 from hf_vitvq.training import checkpointing
 from hf_vitvq.training.arguments import DataArguments, ModelArguments, TokenizerTrainingArguments, parse_args
-from hf_vitvq.training.data import TrainingImageStream, load_streams, validation_batches
+from hf_vitvq.training.data import TrainingImageStream, load_streams
 from hf_vitvq.training.evaluation import evaluate_reconstruction, prefix_lengths, save_reconstruction_grid
 from hf_vitvq.training.hub import CheckpointPusher
+from hf_vitvq.training.image_shards import validation_batches
 from hf_vitvq.training.losses import DiscriminatorLoss, TokenizerLoss, decoder_last_layer
 from hf_vitvq.training.model_card import describe_loss, write_model_card
 from hf_vitvq.training.trainer_utils import (

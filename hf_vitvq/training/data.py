@@ -10,7 +10,7 @@ and decoded by us, which is also how undecodable samples are caught, counted and
 seeded per example from (seed, epoch, rank, worker, position), so they replay exactly too. See `TrainingImageStream`.
 
 Validation images are read by the reader of `hf-vitvq eval`, `encode` and `pretokenize` (`image_shards`), centre-cropped
-as the image processor crops them: `validation_batches`.
+as the image processor crops them: `image_shards.validation_batches`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from datasets import Image as ImageFeature
 from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader
 
-from hf_vitvq import ViTVQImageProcessor
 from hf_vitvq.pixel_conversion import normalize_pixels, to_rgb_array
 
 logger = logging.getLogger(__name__)
@@ -707,38 +706,3 @@ class TrainingImageStream:
             )
         self.positions = [StreamPosition(**position) for position in state["workers"]]
         self.next_worker = state["next_worker"]
-
-
-# ---------------------------------------------------------------------------------------------- validation
-
-
-def validation_batches(
-    dataset: IterableDataset, image_column: str, processor: ViTVQImageProcessor, limit: int, batch_size: int
-) -> list[torch.Tensor]:
-    """The pixel values of the first `limit` decodable validation images in batches of `batch_size` (the last may
-    hold fewer): the short side resized to the side of `processor`'s square crop, centre-cropped, rescaled and
-    normalised by `processor`'s own functions (`processor(image).pixel_values` bit for bit for the training processor,
-    `ViTVQImageProcessor.for_config`). Read by `image_shards`' reader in this process, shard after shard in order: the
-    same images whatever the number of training workers. Undecodable images are skipped, each with a warning that
-    names it (its `name` column, its webdataset `__key__`, else its place in the stream)."""
-    # imported here: image_shards imports this module
-    from .image_shards import ShardBatchDataset, dataset_shards, pixel_value_table, to_pixel_values
-
-    shards = dataset_shards(dataset, image_column, None, shard_size=batch_size, key_column="name")
-    reader = ShardBatchDataset(shards, processor, processor.crop_size["height"], batch_size=batch_size)
-    crops: list[torch.Tensor] = []  # (N, 3, S, S) uint8 each
-    count = 0
-    for batch in reader:
-        for key in batch.skipped:
-            logger.warning("Skipped an undecodable validation image (%s).", key)
-        crops.append(batch.crops[: limit - count])
-        count += len(crops[-1])
-        if count == limit:
-            break
-    if not count:
-        raise ValueError("The validation set has no decodable image.")
-    if count < limit:
-        logger.warning("Validating on %d images: the validation set has no more decodable ones (asked: %d).",
-                       count, limit)  # fmt: skip
-    table = pixel_value_table(processor)
-    return [to_pixel_values(chunk, table) for chunk in torch.cat(crops).split(batch_size)]

@@ -1,4 +1,4 @@
-"""The reader of images for everything but training: validation during training (`data.validation_batches`),
+"""The reader of images for everything but training: validation during training ([`validation_batches`]),
 `hf-vitvq eval`, `encode`, `reconstruct` and `pretokenize`. Images are read in shards, decoded and centre-cropped in
 `DataLoader` worker processes (or in the reading process) while the model works on the previous batches.
 
@@ -448,3 +448,32 @@ def encode_batches(
         with inference_autocast(device, dtype):
             token_ids = model.encode(pixel_values)
         yield batch, token_ids.cpu()
+
+
+def validation_batches(
+    dataset: datasets.IterableDataset, image_column: str, processor: ViTVQImageProcessor, limit: int, batch_size: int
+) -> list[torch.Tensor]:
+    """The pixel values of the first `limit` decodable validation images in batches of `batch_size` (the last may
+    hold fewer): the short side resized to the side of `processor`'s square crop, centre-cropped, rescaled and
+    normalised by `processor`'s own functions (`processor(image).pixel_values` bit for bit for the training processor,
+    `ViTVQImageProcessor.for_config`). Read by `image_shards`' reader in this process, shard after shard in order: the
+    same images whatever the number of training workers. Undecodable images are skipped, each with a warning that
+    names it (its `name` column, its webdataset `__key__`, else its place in the stream)."""
+    shards = dataset_shards(dataset, image_column, None, shard_size=batch_size, key_column="name")
+    reader = ShardBatchDataset(shards, processor, processor.crop_size["height"], batch_size=batch_size)
+    crops: list[torch.Tensor] = []  # (N, 3, S, S) uint8 each
+    count = 0
+    for batch in reader:
+        for key in batch.skipped:
+            logger.warning("Skipped an undecodable validation image (%s).", key)
+        crops.append(batch.crops[: limit - count])
+        count += len(crops[-1])
+        if count == limit:
+            break
+    if not count:
+        raise ValueError("The validation set has no decodable image.")
+    if count < limit:
+        logger.warning("Validating on %d images: the validation set has no more decodable ones (asked: %d).",
+                       count, limit)  # fmt: skip
+    table = pixel_value_table(processor)
+    return [to_pixel_values(chunk, table) for chunk in torch.cat(crops).split(batch_size)]
