@@ -45,7 +45,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, send_to_device
@@ -75,7 +74,7 @@ from hf_vitvq.pixel_conversion import normalize_pixels, to_uint8
 from hf_vitvq.quantizer_base import code_perplexity
 from hf_vitvq.token_files import check_num_tokens
 
-from .data import embedded_streams, find_image_column, image_files
+from .data import embedded_streams, image_files
 from .evaluation import chart_by_num_tokens, prefix_lengths
 from .image_shards import (
     ImageShard,
@@ -84,6 +83,7 @@ from .image_shards import (
     cpu_threads,
     dataset_shards,
     file_shards,
+    load_image_dataset,
     load_tokenizer,
     shard_batch_loader,
 )
@@ -155,20 +155,13 @@ def load_evaluation_data(args: argparse.Namespace, resolution: int) -> Evaluatio
         description = {"name": EMBEDDED_VALIDATION, "type": "embedded", "config": None, "split": "validation"}
         shards = dataset_shards(validation, "image", None, args.batch_size, args.max_samples, key_column="name")
         return EvaluationData(shards, "image", description)
-    dataset = datasets.load_dataset(
-        args.dataset_name,
-        args.dataset_config_name,
-        data_files=args.data_files,
-        split=args.split,
-        streaming=args.streaming,
-    )
+    dataset, image_column = load_image_dataset(args)
     description = {
         "name": args.dataset_name,
         "type": args.dataset_name,
         "config": args.dataset_config_name,
         "split": args.split,
     }
-    image_column = find_image_column(dataset.features, args.image_column)
     shards = dataset_shards(dataset, image_column, None, args.batch_size, args.max_samples)
     return EvaluationData(shards, image_column, description)
 

@@ -41,7 +41,7 @@ from hf_vitvq import ViTVQConfig, ViTVQImageProcessor, ViTVQModel
 from hf_vitvq.precision import NATIVE_BF16_CPU_FLAGS, has_native_bf16, inference_autocast
 from hf_vitvq.token_files import token_shape
 
-from .data import IMAGE_SUFFIXES, decode_image, image_files, without_image_decoding
+from .data import IMAGE_SUFFIXES, decode_image, find_image_column, image_files, without_image_decoding
 
 logger = logging.getLogger(__name__)
 
@@ -296,6 +296,19 @@ def file_shards(
         )
         for index, start in enumerate(range(0, len(paths), shard_size))
     ]
+
+
+def load_image_dataset(args: Any) -> tuple[datasets.Dataset | datasets.IterableDataset, str]:
+    """The `--split` of `--dataset_name` (with `--dataset_config_name` and `--data_files`), streamed unless
+    `--no_streaming` (`args.streaming`), and its image column (`--image_column`, else the one `Image` feature)."""
+    dataset = datasets.load_dataset(
+        args.dataset_name,
+        args.dataset_config_name,
+        data_files=args.data_files,
+        split=args.split,
+        streaming=args.streaming,
+    )
+    return dataset, find_image_column(dataset.features, args.image_column)
 
 
 def dataset_shards(

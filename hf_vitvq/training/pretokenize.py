@@ -45,7 +45,7 @@ from hf_vitvq.token_files import (
     weights_sha256,
 )
 
-from .data import find_image_column, image_files
+from .data import image_files
 from .image_shards import (
     AUGMENTATIONS,
     ImageShard,
@@ -58,6 +58,7 @@ from .image_shards import (
     encode_batches,
     file_shards,
     inference_dtype,
+    load_image_dataset,
     load_tokenizer,
     pixel_value_table,
     shard_batch_loader,
@@ -180,14 +181,7 @@ def folder_source(args: PretokenizeArguments) -> Source:
 
 
 def dataset_source(args: PretokenizeArguments) -> Source:
-    dataset = datasets.load_dataset(
-        args.dataset_name,
-        args.dataset_config_name,
-        data_files=args.data_files,
-        split=args.split,
-        streaming=args.streaming,
-    )
-    image_column = find_image_column(dataset.features, args.image_column)
+    dataset, image_column = load_image_dataset(args)
     label_column = find_label_column(dataset.features, args.label_column, image_column)
     description = {
         "dataset_name": args.dataset_name,
