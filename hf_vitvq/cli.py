@@ -185,6 +185,16 @@ def report_skipped(skipped: list[str], total: int) -> None:
             print(f"  {name}", file=sys.stderr)
 
 
+def something_was_read(command: str, skipped: list[str], num_files: int, num_read: int) -> bool:
+    """Report the unreadable files (`report_skipped`); False, with an error line, when none of the `num_files` files
+    could be read."""
+    report_skipped(skipped, num_files)
+    if num_read:
+        return True
+    print(f"hf-vitvq {command}: error: none of the {num_files} files could be read as an image.", file=sys.stderr)
+    return False
+
+
 def progress_bar(total: int | None, description: str) -> Any:
     from tqdm.auto import tqdm
 
@@ -313,10 +323,7 @@ def run_encode(args: argparse.Namespace) -> int:
             token_ids.append(ids[:, : args.num_tokens])  # the first K: what model.encode(..., num_tokens=K) returns
             skipped += batch.skipped
             progress.update(len(batch.keys) + len(batch.skipped))
-    report_skipped(skipped, len(images.files))
-    if not names:
-        print(f"hf-vitvq encode: error: none of the {len(images.files)} files could be read as an image.",
-              file=sys.stderr)  # fmt: skip
+    if not something_was_read("encode", skipped, len(images.files), len(names)):
         return EXIT_NOTHING_ENCODED
     output.parent.mkdir(parents=True, exist_ok=True)
     metadata = token_metadata(model.config, args.model, args.num_tokens)
@@ -444,10 +451,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
             skipped += batch.skipped
             results += reconstruct_batch(model, processor, batch, table, args.num_tokens) if batch.keys else []
             progress.update(len(batch.keys) + len(batch.skipped))
-    report_skipped(skipped, len(images.files))
-    if not results:
-        print(f"hf-vitvq reconstruct: error: none of the {len(images.files)} files could be read as an image.",
-              file=sys.stderr)  # fmt: skip
+    if not something_was_read("reconstruct", skipped, len(images.files), len(results)):
         return EXIT_NOTHING_ENCODED
     pairs = output_dir / "pairs"
     for name, result in zip(png_names([result.key for result in results]), results, strict=True):
