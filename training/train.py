@@ -38,6 +38,7 @@ from hf_vitvq.training.trainer_utils import (
     LPIPSUnavailableError,
     NonFiniteLossError,
     TrainingProgress,
+    TrainingRun,
     build_config,
     build_discriminator,
     end_training,
@@ -59,7 +60,7 @@ logger = get_logger(__name__)
 DISCRIMINATOR_FILES = ("model_1.safetensors", "model_1.bin")
 
 
-class Trainer:
+class Trainer(TrainingRun):
     """The training loop and its checkpoints; `run()` trains to `max_train_steps`."""
 
     def __init__(self, model_args: ModelArguments, data_args: DataArguments, args: TokenizerTrainingArguments) -> None:
@@ -360,13 +361,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
         if not accelerator.sync_gradients:
             return None
-        self.lr_scheduler.step()
-        if self.ema is not None:
-            self.ema.update_parameters(accelerator.unwrap_model(self.model))
-        self.progress.global_step += 1
-        self.progress.images_seen += (
-            pixel_values.shape[0] * accelerator.num_processes * args.gradient_accumulation_steps
-        )
+        self.end_optimizer_step(pixel_values.shape[0])
         self.stream_state_at_step = stream_position
         self.forward_state_at_step = self.forward_state()
         logs = {
@@ -389,10 +384,6 @@ class Trainer:
             self.discriminator_optimizer.optimizer.step()
         self.discriminator_optimizer.zero_grad(set_to_none=True)
         self.discriminator_scheduler.step()
-
-    def evaluation_model(self) -> ViTVQModel:
-        """The weights to evaluate and export: the EMA when enabled, else the raw model."""
-        return self.ema.module if self.ema is not None else self.accelerator.unwrap_model(self.model)
 
     def validate(self) -> dict[str, float]:
         """Validation metrics (main process; for a model with tail-token dropout also `psnr_k{k}`, the PSNR from the
@@ -534,23 +525,13 @@ class Trainer:
             logger.warning(f"Skipped {total} distinct undecodable training samples in all{examples}.")
             self.accelerator.log({"train/skipped_samples": total}, step=self.progress.global_step)
 
-    def finish_pushes(self) -> None:
-        """Finish the checkpoint uploads still under way (main process; see `CheckpointPusher.finish`). Later calls
-        do nothing."""
-        pusher, self.checkpoint_pusher = self.checkpoint_pusher, None
-        if pusher is not None:
-            pusher.finish()
-
     def export(self, metrics: dict[str, float]) -> Path:
         """Save `final/` (EMA weights when enabled, with `final_raw/` beside it), reload it with `AutoModel`,
         write a reconstruction grid, push to the Hub when asked; returns the `final/` folder."""
         final = self.output_dir / "final"
         if not self.accelerator.is_main_process:
             return final
-        folders = {final: self.evaluation_model()}
-        if self.ema is not None:
-            folders[self.output_dir / "final_raw"] = self.accelerator.unwrap_model(self.model)
-        for folder, model in folders.items():
+        for folder, model in self.export_folders().items():
             model.save_pretrained(folder)
             self.processor.save_pretrained(folder)
             write_model_card(
@@ -565,12 +546,7 @@ class Trainer:
 
         reloaded = AutoModel.from_pretrained(final).eval()
         save_reconstruction_grid(reloaded, self.processor, self.validation[0], final / "reconstructions.png")
-        if self.args.push_to_hub:
-            self.finish_pushes()  # the final model's commit comes after the checkpoints'
-            from hf_vitvq.training.hub import push_folder
-
-            url = push_folder(final, self.args.hub_model_id, None, self.args.hub_token)
-            logger.info(f"Pushed {final} to {url}")
+        self.push_final(final)
         return final
 
 

@@ -49,6 +49,7 @@ from hf_vitvq.training.prior_evaluation import (
 from hf_vitvq.training.trainer_utils import (
     NonFiniteLossError,
     TrainingProgress,
+    TrainingRun,
     end_training,
     prepare_optimization,
     tracker_config,
@@ -288,7 +289,7 @@ def build_prior(model_args: PriorModelArguments, codebook_size: int, sequence_le
 # ---------------------------------------------------------------------------------------------- training
 
 
-class PriorTrainer:
+class PriorTrainer(TrainingRun):
     """The training loop and its checkpoints; `run()` trains to `max_train_steps`."""
 
     def __init__(
@@ -388,16 +389,8 @@ class PriorTrainer:
             self.optimizer.zero_grad(set_to_none=True)
         if not accelerator.sync_gradients:
             return None
-        self.lr_scheduler.step()
-        if self.ema is not None:
-            self.ema.update_parameters(accelerator.unwrap_model(self.model))
-        self.progress.global_step += 1
-        self.progress.images_seen += len(rows) * accelerator.num_processes * args.gradient_accumulation_steps
+        self.end_optimizer_step(len(rows))
         return {"loss": loss.item(), "grad_norm": float(grad_norm), "lr": self.lr_scheduler.get_last_lr()[0]}
-
-    def evaluation_model(self) -> Any:
-        """The weights to evaluate and export: the EMA when enabled, else the raw model."""
-        return self.ema.module if self.ema is not None else self.accelerator.unwrap_model(self.model)
 
     def baselines(self) -> dict[str, float]:
         """Bits per validation token of the uniform and unigram (training code frequencies, also per class for
@@ -505,34 +498,19 @@ class PriorTrainer:
 
     # ------------------------------------------------------------------------------------------ export
 
-    def finish_pushes(self) -> None:
-        """Finish the checkpoint uploads still under way (main process; see `CheckpointPusher.finish`). Later calls
-        do nothing."""
-        pusher, self.checkpoint_pusher = self.checkpoint_pusher, None
-        if pusher is not None:
-            pusher.finish()
-
     def export(self, metrics: dict[str, float]) -> Path:
         """Save `final/` (EMA weights when enabled, `final_raw/` beside it) with a model card, reload it, write a grid
         of samples with `--tokenizer`, push to the Hub when asked; returns the `final/` folder."""
         final = self.output_dir / "final"
         if not self.accelerator.is_main_process:
             return final
-        folders = {final: self.evaluation_model()}
-        if self.ema is not None:
-            folders[self.output_dir / "final_raw"] = self.accelerator.unwrap_model(self.model)
-        for folder, model in folders.items():
+        for folder, model in self.export_folders().items():
             model.save_pretrained(folder)
             (folder / "README.md").write_text(self.model_card(model, metrics))
         reloaded = load_prior(final, self.accelerator.device)
         if self.pipeline_parts is not None:
             self.sample_grid(reloaded, final / "samples.png")
-        if self.args.push_to_hub:
-            self.finish_pushes()  # the final model's commit comes after the checkpoints'
-            from hf_vitvq.training.hub import push_folder
-
-            url = push_folder(final, self.args.hub_model_id, None, self.args.hub_token)
-            logger.info(f"Pushed {final} to {url}")
+        self.push_final(final)
         return final
 
     def model_card(self, model: Any, metrics: dict[str, float]) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from .perceptual import (
     lpips_trunk_available,
     vgg16_cache_path,
 )
+
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -119,6 +122,59 @@ def prepare_optimization(accelerator: Accelerator, model: nn.Module, args: Optim
         ema = AveragedModel(model, multi_avg_fn=ema_of_floats(args.ema_decay), use_buffers=True)
         accelerator.register_for_checkpointing(ema)
     return Optimization(prepared_model, prepared_optimizer, lr_scheduler, ema)
+
+
+class TrainingRun:
+    """What the training scripts' trainers (`Trainer` in train.py, `PriorTrainer` in train_prior.py) share: the
+    subclass's `__init__` sets the attributes below (see `training_accelerator`, `prepare_optimization`,
+    `CheckpointPusher.for_run`); these methods end an optimizer step, choose the weights to export and push them."""
+
+    accelerator: Accelerator
+    args: Any  # the script's training arguments: `push_to_hub`, `hub_model_id`, `hub_token`, ...
+    output_dir: Path
+    model: nn.Module  # prepared by the accelerator
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: AveragedModel | None
+    progress: TrainingProgress
+    checkpoint_pusher: Any  # hub.CheckpointPusher or None
+
+    def evaluation_model(self) -> nn.Module:
+        """The weights to evaluate and export: the EMA when enabled, else the raw model."""
+        return self.ema.module if self.ema is not None else self.accelerator.unwrap_model(self.model)
+
+    def end_optimizer_step(self, batch_size: int) -> None:
+        """After an optimizer step: step the scheduler and the EMA, count the step and the images all processes read
+        for it (`batch_size` per process and micro-batch)."""
+        self.lr_scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.accelerator.unwrap_model(self.model))
+        self.progress.global_step += 1
+        self.progress.images_seen += batch_size * self.accelerator.num_processes * self.args.gradient_accumulation_steps
+
+    def export_folders(self) -> dict[Path, nn.Module]:
+        """Where `export` saves which weights: `final/` the `evaluation_model`, and with an EMA `final_raw/` the raw
+        weights."""
+        folders = {self.output_dir / "final": self.evaluation_model()}
+        if self.ema is not None:
+            folders[self.output_dir / "final_raw"] = self.accelerator.unwrap_model(self.model)
+        return folders
+
+    def push_final(self, final: Path) -> None:
+        """With `--push_to_hub`, upload `final` to `--hub_model_id`, after the checkpoint uploads still under way."""
+        if not self.args.push_to_hub:
+            return
+        self.finish_pushes()  # the final model's commit comes after the checkpoints'
+        from .hub import push_folder
+
+        url = push_folder(final, self.args.hub_model_id, None, self.args.hub_token)
+        logger.info(f"Pushed {final} to {url}")
+
+    def finish_pushes(self) -> None:
+        """Finish the checkpoint uploads still under way (main process; see `CheckpointPusher.finish`). Later calls
+        do nothing."""
+        pusher, self.checkpoint_pusher = self.checkpoint_pusher, None
+        if pusher is not None:
+            pusher.finish()
 
 
 def end_training(accelerator: Accelerator) -> None:
