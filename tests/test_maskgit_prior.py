@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import textwrap
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from test_remote_code import run_without_the_package
 
 from hf_vitvq import ViTVQConfig, ViTVQMaskGITConfig, ViTVQMaskGITModel
 from hf_vitvq.configuration_vitvq_maskgit import prior_sequence_shape
@@ -241,18 +240,6 @@ def test_save_load_auto_model_and_eager_equals_sdpa(tmp_path):
 
 REMOTE_LOADER = textwrap.dedent(
     """
-    import sys
-    from importlib.abc import MetaPathFinder
-
-    class BlockHfVitvq(MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "hf_vitvq" or name.startswith("hf_vitvq."):
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, BlockHfVitvq())
-    folder, inputs_path, outputs_path = sys.argv[1:]
-
     import torch
     from safetensors.torch import load_file, save_file
     from transformers import AutoModel
@@ -278,21 +265,9 @@ def test_saved_prior_loads_with_remote_code_without_the_package(tmp_path):
     }
     input_ids = model.mask_tokens(torch.randint(0, 37, (3, 7), generator=torch.Generator().manual_seed(0)))
     class_labels = torch.tensor([0, 1, 3])
-    save_file({"input_ids": input_ids, "class_labels": class_labels}, tmp_path / "inputs.safetensors")
-    script = tmp_path / "load.py"
-    script.write_text(REMOTE_LOADER)
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, str(script), str(folder), str(tmp_path / "inputs.safetensors"), str(tmp_path / "out.st")],
-        cwd=tmp_path,  # not the repository root, where hf_vitvq/ would be importable
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "ViTVQMaskGITModel" in result.stdout
-    remote = load_file(tmp_path / "out.st")
+    inputs = {"input_ids": input_ids, "class_labels": class_labels}
+    stdout, remote = run_without_the_package(REMOTE_LOADER, folder, inputs, tmp_path)
+    assert "ViTVQMaskGITModel" in stdout
     assert torch.equal(remote["logits"], model(input_ids, class_labels).logits.detach())
     expected = model.generate(class_labels, num_steps=4, guidance_scale=2.0, temperature=1.0,
                               generator=torch.Generator().manual_seed(0))  # fmt: skip

@@ -16,8 +16,9 @@ from safetensors.torch import load_file, save_file
 
 from hf_vitvq import ViTVQConfig, ViTVQImageProcessor, ViTVQModel
 
-# Runs in a fresh interpreter: any import of hf_vitvq fails, so only the files in the folder can be used.
-LOADER = textwrap.dedent(
+# The start of every script `run_without_the_package` runs: any import of hf_vitvq fails, so only the files in the
+# folder can be used; the script's arguments are the folder and the paths of its inputs and outputs.
+BLOCK_THE_PACKAGE = textwrap.dedent(
     """
     import sys
     from importlib.abc import MetaPathFinder
@@ -30,7 +31,11 @@ LOADER = textwrap.dedent(
 
     sys.meta_path.insert(0, BlockHfVitvq())
     folder, inputs_path, outputs_path = sys.argv[1:]
+    """
+)
 
+LOADER = textwrap.dedent(
+    """
     import torch
     from PIL import Image
     from safetensors.torch import load_file, save_file
@@ -56,31 +61,30 @@ LOADER = textwrap.dedent(
 )
 
 
-def load_without_the_package(folder: Path, pixel_values: torch.Tensor, tmp_path: Path) -> dict[str, torch.Tensor]:
-    """Run `LOADER` on the saved `folder` in a fresh interpreter that cannot import hf_vitvq, and return what it
-    computed from `pixel_values`: token_ids (latents for continuous tokens), reconstruction, decoded, and
-    `processed` (a 40x50 image)."""
-    save_file({"pixel_values": pixel_values}, tmp_path / "inputs.safetensors")
-    script = tmp_path / "load.py"
-    script.write_text(LOADER)
+def run_without_the_package(
+    script: str, folder: Path, inputs: dict[str, torch.Tensor], tmp_path: Path
+) -> tuple[str, dict[str, torch.Tensor]]:
+    """Run `BLOCK_THE_PACKAGE` + `script` in a fresh, offline interpreter that cannot import hf_vitvq (its working
+    folder is `tmp_path`, not the repository root, where hf_vitvq/ would be importable), on the saved `folder` and
+    `inputs` (saved for it); returns what it printed and the tensors it saved to `outputs_path`."""
+    save_file(inputs, tmp_path / "inputs.safetensors")
+    script_path = tmp_path / "load.py"
+    script_path.write_text(BLOCK_THE_PACKAGE + script)
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            str(folder),
-            str(tmp_path / "inputs.safetensors"),
-            str(tmp_path / "out.safetensors"),
-        ],
-        cwd=tmp_path,  # not the repository root, where hf_vitvq/ would be importable
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    arguments = [str(folder), str(tmp_path / "inputs.safetensors"), str(tmp_path / "out.safetensors")]
+    result = subprocess.run([sys.executable, str(script_path), *arguments], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "ViTVQModel ViTVQImageProcessor" in result.stdout
-    return load_file(tmp_path / "out.safetensors")
+    return result.stdout, load_file(tmp_path / "out.safetensors")
+
+
+def load_without_the_package(folder: Path, pixel_values: torch.Tensor, tmp_path: Path) -> dict[str, torch.Tensor]:
+    """Run `LOADER` on the saved `folder` without hf_vitvq (`run_without_the_package`), and return what it computed
+    from `pixel_values`: token_ids (latents for continuous tokens), reconstruction, decoded, and `processed` (a 40x50
+    image)."""
+    stdout, outputs = run_without_the_package(LOADER, folder, {"pixel_values": pixel_values}, tmp_path)
+    assert "ViTVQModel ViTVQImageProcessor" in stdout
+    return outputs
 
 
 def test_saved_folder_loads_with_remote_code_without_the_package(tmp_path):
