@@ -12,15 +12,21 @@ import torch
 from transformers.image_transforms import convert_to_rgb
 
 
-def normalize_pixels(images: torch.Tensor, pixel_value_range: tuple[float, float]) -> torch.Tensor:
+def normalize_pixels(
+    images: torch.Tensor, pixel_value_range: tuple[float, float], out: torch.Tensor | None = None
+) -> torch.Tensor:
     """uint8 (0..255) or float (in [0, 1], unchecked) pixels, any shape and device -> `low + (high - low) * v / 255`
-    on `pixel_value_range`, as `ViTVQImageProcessor.for_config` maps them. float32 for uint8, else the input's dtype."""
+    on `pixel_value_range`, as `ViTVQImageProcessor.for_config` maps them. float32 for uint8, else the input's dtype.
+    `out`: a tensor of that dtype and the input's shape to write the result into (returned), instead of a new one."""
     low, high = pixel_value_range
     if images.dtype == torch.uint8:
-        images = images.float() / 255
-    elif not images.is_floating_point():
+        pixels = images.float() if out is None else out.copy_(images)
+        pixels.div_(255)
+    elif images.is_floating_point():
+        pixels = images.clone() if out is None else out.copy_(images)
+    else:
         raise TypeError(f"`images` must be uint8 (0..255) or float (in [0, 1]), got dtype {images.dtype}.")
-    return images * (high - low) + low
+    return pixels.mul_(high - low).add_(low)
 
 
 def to_uint8(pixel_values: torch.Tensor, pixel_value_range: tuple[float | torch.Tensor, ...]) -> torch.Tensor:

@@ -600,6 +600,20 @@ def test_to_uint8_inverts_normalize_pixels_and_matches_postprocess(value_range):
     assert to_uint8(torch.tensor([low - 5.0, high + 5.0]), value_range).tolist() == [0, 255]  # clamped
 
 
+@pytest.mark.parametrize("value_range", VALUE_RANGES)
+def test_normalize_pixels_writes_into_out_the_numbers_it_returns_and_leaves_its_input_alone(value_range):
+    hwc = torch.from_numpy(random_uint8(16, 16, seed=14))[None]  # (1, H, W, 3): normalised through a permuted view
+    expected = normalize_pixels(hwc.permute(0, 3, 1, 2).contiguous(), value_range)
+    out = torch.full((1, 3, 16, 16), float("nan"))
+    assert normalize_pixels(hwc.permute(0, 3, 1, 2), value_range, out=out) is out
+    assert torch.equal(out, expected)
+    unit = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(15))
+    before = unit.clone()
+    floats = normalize_pixels(unit, value_range)
+    assert torch.equal(unit, before)  # the result is computed in place, on a copy
+    assert torch.equal(normalize_pixels(unit, value_range, out=torch.empty_like(unit)), floats)
+
+
 def test_normalize_pixels_rejects_other_integer_dtypes():
     with pytest.raises(TypeError, match="must be uint8 .* got dtype torch.int16"):
         normalize_pixels(torch.zeros(3, 2, 2, dtype=torch.int16), (-1.0, 1.0))
