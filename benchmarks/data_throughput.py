@@ -121,8 +121,9 @@ def training_stream(files: list[str], images: int, num_workers: int, draft: bool
     """Steady state of `TrainingImageStream` batches, after the DataLoader's first `max(1, 2 * workers)`."""
     from hf_vitvq.training.data import TrainingImageStream, file_stream
 
+    # one shard per file, not interleaved: as `train.py --train_data_dir` reads a folder
     stream = TrainingImageStream(file_stream(files), "image", (-1.0, 1.0), RESOLUTION, seed=0, crop_scale=CROP_SCALE,
-                                 num_workers=num_workers, draft=draft)  # fmt: skip
+                                 num_workers=num_workers, draft=draft, interleaved_shards=1)  # fmt: skip
     measured = -(-images // BATCH_SIZE)
     batches = stream.batches(BATCH_SIZE)
     try:
@@ -328,7 +329,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=256, help="images timed per configuration")
     parser.add_argument("--repeats", type=int, default=2, help="rounds of all configurations (best one kept)")
-    parser.add_argument("--large_files", type=int, default=24, help="generated files per size")
+    parser.add_argument("--large_files", type=int, default=180,
+                        help="generated files per size, one per shared photo (fewer: short epochs, whose restarts "
+                        "count in the rates)")  # fmt: skip
     parser.add_argument("--training_steps", type=int, default=300, help="steps of each end-to-end run")
     parser.add_argument("--gpu_workers", type=int, default=8, help="workers of the GPU end-to-end run")
     parser.add_argument("--skip_training", action="store_true", help="no end-to-end runs")

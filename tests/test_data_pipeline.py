@@ -19,7 +19,9 @@ from test_training_parts import make_image_folder
 from hf_vitvq import ViTVQImageProcessor
 from hf_vitvq.training.data import (
     DRAFT_MIN_OUTPUT_RATIO,
+    PREFETCH_BATCHES,
     TrainingImageStream,
+    _worker_loader,
     decode_image,
     decode_random_crop,
     draft_reduction,
@@ -33,6 +35,7 @@ from hf_vitvq.training.image_shards import (
     to_pixel_values,
     validation_batches,
 )
+from hf_vitvq.training.worker_memory import freeze_inherited_objects
 
 
 def make_stream(folder: Path, num_workers: int, rank: int = 0, world_size: int = 1, **kwargs) -> TrainingImageStream:
@@ -75,6 +78,48 @@ def test_workers_are_capped_at_the_shards_of_the_process(tmp_path, caplog):
         stream = make_stream(folder, num_workers=5)
     assert stream.num_workers == 3 and "has 3 shard(s)" in caplog.text and "instead of 5" in caplog.text
     assert {batch.worker for batch in read(stream, count=6, batch_size=2)} == {0, 1, 2}
+
+
+# ---------------------------------------------------------------------------------------------- worker memory
+
+
+def test_workers_reuse_the_batch_buffers_let_go_of_and_never_overwrite_a_held_batch(tmp_path):
+    """One worker, 12 batches. Dropped as soon as they are copied, the batches come back in the worker's few shared
+    buffers over and over; all held at once, the buffers run out and the worker makes new tensors. Both ways the
+    pixels are the same: nothing a caller still holds is written over."""
+    folder = make_image_folder(tmp_path / "images", 10)
+    copies, buffers = [], []
+    batches = make_stream(folder, num_workers=1).batches(2)
+    for _ in range(12):
+        batch = next(batches)
+        copies.append(batch.pixel_values.clone())
+        buffers.append(batch.buffer)
+        del batch  # the buffer is free again
+    batches.close()
+    held = read(make_stream(folder, num_workers=1), count=12, batch_size=2)
+    for copy, batch in zip(copies, held, strict=True):
+        assert torch.equal(batch.pixel_values, copy)
+    per_worker = PREFETCH_BATCHES + 2
+    assert [batch.buffer for batch in held] == list(range(per_worker)) + [None] * (12 - per_worker)
+    assert None not in buffers and set(buffers) <= set(range(per_worker))
+
+
+def test_workers_stop_collecting_what_they_inherited():
+    """Both loaders start their workers with `gc.freeze`, which leaves the objects inherited from this process out of
+    every collection there (they are many: torch, numpy, PIL, datasets...)."""
+    training = _worker_loader(lambda worker: iter(()), 1, 1, list, pin_memory=False)
+    reading = shard_batch_loader(ShardBatchDataset([], ViTVQImageProcessor(), 8), num_workers=1)
+    assert training.worker_init_fn is freeze_inherited_objects and reading.worker_init_fn is freeze_inherited_objects
+    frozen = torch.utils.data.DataLoader(_FrozenCount(), batch_size=None, num_workers=1,
+                                         worker_init_fn=freeze_inherited_objects)  # fmt: skip
+    assert next(iter(frozen)) > 10_000
+
+
+class _FrozenCount(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        import gc
+
+        yield gc.get_freeze_count()
 
 
 # ---------------------------------------------------------------------------------------------- resume

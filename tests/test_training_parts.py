@@ -20,6 +20,7 @@ from hf_vitvq import ViTVQImageProcessor, ViTVQModelOutput
 from hf_vitvq.training import checkpointing
 from hf_vitvq.training.arguments import parse_args
 from hf_vitvq.training.data import (
+    INTERLEAVED_SHARDS,
     TrainingImageStream,
     consecutive_parts,
     decode_image,
@@ -176,6 +177,21 @@ def test_image_folder_holds_out_files_spread_over_it_that_no_process_trains_on(t
         image_folder_streams(tmp_path / "images", num_validation=12)
 
 
+def test_files_fill_the_shuffle_buffer_one_at_a_time_in_the_shuffled_shard_order(tmp_path):
+    """A folder's shard is one file: the shard order mixes them, and interleaving shards would only cost a thread
+    hand-off per example. The order then follows the shuffled shards alone (a buffer of 1 keeps it)."""
+    _, data_args, _ = parse_args(["--train_data_dir", str(make_image_folder(tmp_path / "images", 12))])
+    data = load_streams(data_args, resolution=8)
+    assert data.interleaved_shards == 1
+    assert load_streams(parse_args([])[1], resolution=8).interleaved_shards == 1  # the embedded photos, one per shard
+    orders = {}
+    for interleaved in (1, 4):
+        stream = TrainingImageStream(data.train, "image", (-1.0, 1.0), 8, seed=0, shuffle_buffer_size=1,
+                                     interleaved_shards=interleaved)  # fmt: skip
+        orders[interleaved] = [example["name"] for example in stream.dataset]
+    assert sorted(orders[1]) == sorted(orders[4]) and orders[1] != orders[4]
+
+
 def make_stream(folder: Path, rank: int = 0, world_size: int = 1, buffer: int = 4) -> TrainingImageStream:
     return TrainingImageStream(
         image_folder_stream(folder), "image", (-1.0, 1.0), 8,
@@ -228,8 +244,10 @@ def test_parquet_images_stream_and_hold_out_validation(tmp_path, streaming):
     dataset = dataset.cast_column("picture", datasets.Image())
     dataset.to_parquet(tmp_path / "images.parquet")
     data_args = parquet_args(str(tmp_path / "images.parquet"), validation_images=2, streaming=streaming)
-    train, validation, column, count = load_streams(data_args, resolution=8)  # map-style data: streamed in shards
+    # map-style data: streamed in shards
+    train, validation, column, count, interleaved = load_streams(data_args, resolution=8)
     assert column == "picture" and count == 2
+    assert interleaved == INTERLEAVED_SHARDS  # shards of many examples fill the shuffle buffer together
     assert [example["label"] for example in validation] == [0, 1]
     assert [example["label"] for example in train] == [2, 3, 4, 5]
 
@@ -245,7 +263,7 @@ def test_a_stream_in_one_shard_holds_out_validation_on_one_process_only(tmp_path
     with pytest.raises(ValueError, match="pass --validation_split, or --no_streaming"):
         load_streams(data_args, resolution=8, world_size=2)
     data_args.streaming = False  # map-style: rows are held out by index, on any number of processes
-    train, validation, _, _ = load_streams(data_args, resolution=8, world_size=2)
+    train, validation, *_ = load_streams(data_args, resolution=8, world_size=2)
     assert len(list(validation)) == 2 and len(list(train)) == 2
 
 
@@ -259,7 +277,7 @@ def test_a_sharded_stream_holds_out_the_start_of_its_first_shard_on_every_proces
         dataset = datasets.Dataset.from_dict({"picture": images, "label": labels})
         dataset.cast_column("picture", datasets.Image()).to_parquet(tmp_path / f"part-{shard}.parquet")
     data_args = parquet_args(str(tmp_path / "part-*.parquet"), validation_images=2, streaming=True)
-    train, validation, column, _ = load_streams(data_args, resolution=8, world_size=2)
+    train, validation, column, *_ = load_streams(data_args, resolution=8, world_size=2)
     assert [example["label"] for example in validation] == [0, 1]
     assert train.n_shards == 4  # so that 2 processes still read 2 whole shards each
     per_rank = [
@@ -269,7 +287,7 @@ def test_a_sharded_stream_holds_out_the_start_of_its_first_shard_on_every_proces
     assert per_rank == [[2, 6, 7, 8], [3, 4, 5, 9, 10, 11]]
     # a shard holding fewer images than asked for: validation on what there is, and a warning that says so
     data_args.validation_images = 5
-    _, short_validation, _, _ = load_streams(data_args, resolution=8, world_size=2)
+    _, short_validation, *_ = load_streams(data_args, resolution=8, world_size=2)
     processor = ViTVQImageProcessor(size={"height": 8, "width": 8})
     with caplog.at_level("WARNING"):
         batches = validation_batches(short_validation, column, processor, limit=5, batch_size=2)
@@ -330,7 +348,7 @@ def test_webdataset_shards_stream_with_detected_column_and_per_rank_shards(tmp_p
                     tar.addfile(info, io.BytesIO(data))
     _, data_args, _ = parse_args(["--dataset_name", "webdataset", "--data_files", str(tmp_path / "shard-*.tar"),
                                   "--validation_split", "train"])  # fmt: skip
-    train, _, column, _ = load_streams(data_args, resolution=8)
+    train, _, column, *_ = load_streams(data_args, resolution=8)
     assert column == "jpg"
     names = [
         set(next(TrainingImageStream(train, column, (-1.0, 1.0), 8, seed=0, rank=rank,

@@ -91,6 +91,7 @@ class Trainer(TrainingRun):
             max_consecutive_failures=data_args.max_consecutive_decode_failures,
             num_workers=data_args.dataloader_num_workers,
             draft=data_args.jpeg_draft,
+            interleaved_shards=data.interleaved_shards,
         )
         self.validation = []
         if self.accelerator.is_main_process:

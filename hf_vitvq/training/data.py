@@ -21,7 +21,7 @@ import itertools
 import logging
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from functools import cache, partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -37,12 +37,19 @@ from torch.utils.data import DataLoader
 
 from hf_vitvq.pixel_conversion import normalize_pixels, to_rgb_array
 
+from .worker_memory import SharedBatchBuffers, freeze_inherited_objects
+
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 # Held-out photos of the embedded default (scikit-image's sample photos); the rest are for training.
 EMBEDDED_VALIDATION_PHOTOS = ("chelsea", "coffee")
 EMBEDDED_FEATURES = Features({"image": ImageFeature(decode=False), "name": datasets.Value("string")})
+# Shards whose examples fill a shuffle buffer at once (`datasets`' default `max_buffer_input_shards`): mixes shards
+# ordered inside (by class, say) better than one shard at a time, at the cost of a thread hand-off per example.
+INTERLEAVED_SHARDS = 10
+# Batches each DataLoader worker keeps ready (the DataLoader's `prefetch_factor`).
+PREFETCH_BATCHES = 2
 # Validation images when `--validation_images` is not set (fewer for small datasets: `default_validation_images`).
 DEFAULT_VALIDATION_IMAGES = 32
 
@@ -220,13 +227,15 @@ def as_stream(dataset: datasets.Dataset | IterableDataset) -> IterableDataset:
 
 
 class TrainingData(NamedTuple):
-    """What `load_streams` returns: the streams, the column holding the images, and how many validation images to
-    read from `validation` (its first ones)."""
+    """What `load_streams` returns: the streams, the column holding the images, how many validation images to read
+    from `validation` (its first ones), and how many of `train`'s shards to interleave into a shuffle buffer
+    (`TrainingImageStream`'s `interleaved_shards`: 1 for files and the embedded photos, one example per shard)."""
 
     train: IterableDataset
     validation: IterableDataset
     image_column: str
     validation_images: int
+    interleaved_shards: int = INTERLEAVED_SHARDS
 
 
 def load_streams(data_args: Any, resolution: int, world_size: int = 1) -> TrainingData:
@@ -241,10 +250,11 @@ def load_streams(data_args: Any, resolution: int, world_size: int = 1) -> Traini
     """
     if data_args.dataset_name is None and data_args.train_data_dir is None:
         train, validation = embedded_streams(resolution)
-        return TrainingData(train, validation, "image", data_args.validation_images or DEFAULT_VALIDATION_IMAGES)
+        num_validation = data_args.validation_images or DEFAULT_VALIDATION_IMAGES
+        return TrainingData(train, validation, "image", num_validation, interleaved_shards=1)
     if data_args.train_data_dir is not None:
         train, validation, num_validation = image_folder_streams(data_args.train_data_dir, data_args.validation_images)
-        return TrainingData(train, validation, "image", num_validation)
+        return TrainingData(train, validation, "image", num_validation, interleaved_shards=1)
 
     def load(split: str) -> datasets.Dataset | IterableDataset:
         return datasets.load_dataset(
@@ -452,6 +462,8 @@ def _worker_loader(
         num_workers=num_workers,
         collate_fn=collate_fn,
         pin_memory=pin_memory,
+        prefetch_factor=PREFETCH_BATCHES if num_workers else None,
+        worker_init_fn=freeze_inherited_objects,
         # the workers' seeds (unused: the readers seed their own generators) are drawn from this generator instead of
         # the global one, whose state a resumed run restores and must not see advanced
         generator=torch.Generator(),
@@ -493,21 +505,23 @@ class StreamPosition:
     skipped_names: list[str] = field(default_factory=list)  # the first few, for the report
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**vars(self), "skipped_names": list(self.skipped_names)}  # once per example: `asdict` costs 10x more
 
 
 @dataclass
 class TrainingBatch:
     """Augmented training images, (B, 3, R, R) float32 pixel values and the names of their examples
     (`example_name`), with where they came from: the DataLoader worker that read them (0 without workers), its
-    position right after them, and the undecodable samples of its first epoch met on the way; the training process
-    adds the whole stream's state right after them, which a checkpoint taken after training on them must store."""
+    position right after them, the undecodable samples of its first epoch met on the way, and which of its shared
+    batch buffers holds the pixels (`SharedBatchBuffers`; None: none); the training process adds the whole stream's
+    state right after them, which a checkpoint taken after training on them must store."""
 
     pixel_values: torch.Tensor
     names: list[str]
     worker: int
     position: dict[str, Any]
     skipped: list[str]
+    buffer: int | None = None
     stream_state: dict[str, Any] | None = None
 
     def pin_memory(self) -> TrainingBatch:
@@ -515,21 +529,21 @@ class TrainingBatch:
         return replace(self, pixel_values=self.pixel_values.pin_memory())
 
 
-def _collate_crops(pixel_value_range: tuple[float, float], examples: list[_Example]) -> TrainingBatch:
-    """A training batch of crops (in the worker): uint8 crops to float32 pixel values in `pixel_value_range`, looked up
-    in the 256 values `normalize_pixels` gives (the same numbers, in one pass over the batch and one allocation)."""
-    values = normalize_pixels(torch.arange(256, dtype=torch.uint8), pixel_value_range).numpy()
-    height, width, channels = examples[0].pixels.shape
-    pixels = np.empty((len(examples), channels, height, width), np.float32)
-    for image, example in zip(pixels, examples, strict=True):
-        np.take(values, example.pixels.transpose(2, 0, 1), out=image)  # (R, R, 3) uint8 -> (3, R, R) float32
+def _collate_crops(
+    pixel_value_range: tuple[float, float], buffers: SharedBatchBuffers | None, examples: list[_Example]
+) -> TrainingBatch:
+    """A training batch of crops (in the worker): the uint8 crops as float32 pixel values in `pixel_value_range`
+    (`normalize_pixels`), written into a shared buffer of the worker's from `buffers` (a new tensor without)."""
+    crops = torch.from_numpy(np.stack([example.pixels for example in examples])).permute(0, 3, 1, 2)  # (B, 3, R, R)
     last = examples[-1]
+    out, buffer = buffers.take(last.worker, tuple(crops.shape)) if buffers is not None else (None, None)
     return TrainingBatch(
-        pixel_values=torch.from_numpy(pixels),
+        pixel_values=normalize_pixels(crops, pixel_value_range, out=out),
         names=[example.name for example in examples],
         worker=last.worker,
         position=last.position,
         skipped=[name for example in examples for name in example.skipped],
+        buffer=buffer,
     )
 
 
@@ -560,6 +574,9 @@ class TrainingImageStream:
         num_workers: DataLoader worker processes that read, decode, crop and normalise (0: the process that iterates
             `batches`); at most the number of shards of this process's stream, since a worker reads whole shards.
         draft: decode JPEGs much larger than the crop at reduced scale (see `decode_random_crop`).
+        interleaved_shards: shards of a worker whose examples fill its shuffle buffer at once (`datasets`'
+            `max_buffer_input_shards`). 1 for streams of one example per shard (image files), where the shard order
+            already mixes everything and interleaving would only cost (0.1-0.2 ms per example on 2 cores).
     """
 
     def __init__(
@@ -577,6 +594,7 @@ class TrainingImageStream:
         max_consecutive_failures: int = 100,
         num_workers: int = 0,
         draft: bool = True,
+        interleaved_shards: int = INTERLEAVED_SHARDS,
     ) -> None:
         self.source = without_image_decoding(dataset, image_column)  # we decode, and skip failures
         self.image_column = image_column
@@ -590,6 +608,7 @@ class TrainingImageStream:
         self.flip = flip
         self.max_consecutive_failures = max_consecutive_failures
         self.draft = draft
+        self.interleaved_shards = interleaved_shards
         self.dataset = self.epoch_stream(0)
         self.num_workers = _capped_workers(num_workers, self.dataset, f"The training stream of process {rank}")
         self.positions = [StreamPosition() for _ in range(max(1, self.num_workers))]  # one per worker
@@ -602,7 +621,9 @@ class TrainingImageStream:
         dataset = self.source
         if self.shuffle_buffer_size > 0:
             epoch_seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
-            dataset = dataset.shuffle(seed=epoch_seed, buffer_size=self.shuffle_buffer_size)
+            dataset = dataset.shuffle(
+                seed=epoch_seed, buffer_size=self.shuffle_buffer_size, max_buffer_input_shards=self.interleaved_shards
+            )
         if self.world_size > 1:
             dataset = split_dataset_by_node(dataset, rank=self.rank, world_size=self.world_size)
         return dataset
@@ -612,9 +633,13 @@ class TrainingImageStream:
         stream's state right after it (`stream_state`). `pin_memory`: in page-locked memory, for asynchronous copies
         to a GPU. Closing the iterator stops the workers."""
         read = partial(self._read, positions=copy.deepcopy(self.positions))
-        collate = partial(_collate_crops, self.pixel_value_range)
+        # a worker has PREFETCH_BATCHES batches in flight; this generator's caller holds one or two more
+        buffers = SharedBatchBuffers(self.num_workers, PREFETCH_BATCHES + 2) if self.num_workers else None
+        collate = partial(_collate_crops, self.pixel_value_range, buffers)
         loader = _worker_loader(read, batch_size, self.num_workers, collate, pin_memory)
         for batch in _in_turn_from(iter(loader), len(self.positions), self.next_worker):
+            if buffers is not None:
+                buffers.release_when_collected(batch.pixel_values, batch.worker, batch.buffer)
             self._record(batch)
             batch.stream_state = self.state_dict()
             yield batch

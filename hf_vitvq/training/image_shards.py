@@ -41,7 +41,15 @@ from hf_vitvq import ViTVQConfig, ViTVQImageProcessor, ViTVQModel
 from hf_vitvq.precision import NATIVE_BF16_CPU_FLAGS, has_native_bf16, inference_autocast
 from hf_vitvq.token_files import token_shape
 
-from .data import IMAGE_SUFFIXES, decode_image, find_image_column, image_files, without_image_decoding
+from .data import (
+    IMAGE_SUFFIXES,
+    PREFETCH_BATCHES,
+    decode_image,
+    find_image_column,
+    image_files,
+    without_image_decoding,
+)
+from .worker_memory import freeze_inherited_objects
 
 logger = logging.getLogger(__name__)
 
@@ -436,14 +444,15 @@ class ShardBatchDataset(torch.utils.data.IterableDataset):
 
 def shard_batch_loader(dataset: ShardBatchDataset, num_workers: int, pin_memory: bool = False) -> Any:
     """A `DataLoader` over `dataset`'s batches (made whole by the workers: no collation), `num_workers` worker
-    processes each keeping two batches ready (0: read in this process, no overlap with the model)."""
+    processes each keeping `PREFETCH_BATCHES` batches ready (0: read in this process, no overlap with the model)."""
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=None,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        prefetch_factor=2 if num_workers > 0 else None,
+        prefetch_factor=PREFETCH_BATCHES if num_workers > 0 else None,
         persistent_workers=False,
+        worker_init_fn=freeze_inherited_objects,
     )
 
 
