@@ -21,9 +21,10 @@ Draft quality: PSNR of the final crop, draft against full decode, on the shared 
 at 64 and 32 px, drafted at 1/2 and 1/4), and centre crops drafted down to 1x, 1.5x and 2x the output side, beside the
 PSNR between bicubic and Lanczos resizing of the full decode at the same downscale (a difference nobody minds).
 
-End to end: `training/train.py`, the `tiny` preset (32 px crops of the shared photos, batch 8), with 0 and 2 workers,
-and 2 workers beside a training process with one torch thread, images/s between the 50th and the last step (from
-`train_log.jsonl`), against `benchmarks/train_throughput.py`'s synthetic-data rate for the same preset and batch.
+End to end: `training/train.py`, the `tiny` preset (32 px crops of the shared photos, batch 8), with 0 and 2 workers
+(it then trains on the cores they leave), and 2 workers beside one torch thread per core (`OMP_NUM_THREADS`),
+images/s between the 50th and the last step (from `train_log.jsonl`), against `benchmarks/train_throughput.py`'s
+synthetic-data rate for the same preset and batch.
 With a CUDA device also S-128 bf16 (256 px crops of the 500x375 set, batch 32, `--gpu_workers` workers) against its
 synthetic-data step rate.
 
@@ -261,13 +262,15 @@ def end_to_end_rate(argv: list[str], steps: int, logging_steps: int, threads: in
 
 
 def measure_end_to_end(photos_dir: Path, large_dir: Path | None, steps: int, repeats: int, gpu_workers: int) -> list:
-    """`tiny` at 32 px on the CPU: 0 and 2 workers, and 2 workers beside one training thread (on 2 cores the workers
-    otherwise compete with torch's threads); S-128 bf16 on a GPU when there is one."""
+    """`tiny` at 32 px on the CPU: 0 and 2 workers (`train.py` then trains on the cores the workers leave), and 2
+    workers beside as many training threads as cores (`OMP_NUM_THREADS`: the workers compete with torch's threads);
+    S-128 bf16 on a GPU when there is one."""
     import torch
 
     synthetic = train_throughput_module()
     tiny = ["--model_config", "tiny", "--train_data_dir", str(photos_dir), "--train_batch_size", "8"]
-    cases = {(0, None): [], (2, None): [], (2, 1): []}  # (workers, training threads): images/s of each round
+    cores = len(os.sched_getaffinity(0))
+    cases = {(0, None): [], (2, None): [], (2, cores): []}  # (workers, training threads): images/s of each round
     synthetic_rates = []
     for _ in range(repeats):
         for (workers, threads), rates in cases.items():

@@ -24,6 +24,7 @@ from hf_vitvq.training.data import (
     image_folder_streams,
 )
 from hf_vitvq.training.evaluation import evaluate_reconstruction
+from hf_vitvq.training.image_shards import cores_per_process
 from hf_vitvq.training.image_shards import validation_batches as make_validation_batches
 from hf_vitvq.training.trainer_utils import build_config
 
@@ -194,6 +195,26 @@ def test_the_readme_folder_command_trains_on_a_folder_of_ten_images(tmp_path, ca
                     str(tmp_path / "run"), "--max_train_steps", "2", "--checkpointing_steps", "100"])  # fmt: skip
     assert "; 1 validation images" in caplog.text
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+
+
+def test_on_a_cpu_the_model_trains_on_the_cores_its_dataloader_workers_leave(tmp_path, caplog, monkeypatch):
+    """Without OMP_NUM_THREADS, a CPU run with one worker trains on the other cores (at least one thread), says so,
+    and gives torch its thread count back; OMP_NUM_THREADS (which `accelerate launch` sets) wins."""
+    import torch
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    torch.set_num_threads(before := max(2, cores_per_process()))  # more than the cores a worker leaves
+    caplog.set_level(logging.INFO)
+    common = [*QUICK_RUN, "--max_train_steps", "1", "--validation_steps", "1", "--dataloader_num_workers", "1"]
+    run_in_process([*common, "--output_dir", str(tmp_path / "run")])
+    assert f"1 DataLoader worker(s) per process, the model on {max(1, cores_per_process() - 1)} CPU thread(s)" in (
+        caplog.text
+    )
+    assert torch.get_num_threads() == before
+    caplog.clear()
+    monkeypatch.setenv("OMP_NUM_THREADS", str(before))
+    run_in_process([*common, "--output_dir", str(tmp_path / "omp")])
+    assert f"the model on {before} CPU thread(s)" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------- codebook recipe

@@ -31,7 +31,7 @@ from hf_vitvq.training.arguments import DataArguments, ModelArguments, Tokenizer
 from hf_vitvq.training.data import TrainingImageStream, load_streams
 from hf_vitvq.training.evaluation import evaluate_reconstruction, prefix_lengths, save_reconstruction_grid
 from hf_vitvq.training.hub import CheckpointPusher
-from hf_vitvq.training.image_shards import validation_batches
+from hf_vitvq.training.image_shards import cpu_threads, validation_batches
 from hf_vitvq.training.losses import DiscriminatorLoss, TokenizerLoss, decoder_last_layer
 from hf_vitvq.training.model_card import describe_loss, write_model_card
 from hf_vitvq.training.trainer_utils import (
@@ -510,6 +510,8 @@ class Trainer(TrainingRun):
             f"  batch {args.train_batch_size} x {args.gradient_accumulation_steps} accumulation x "
             f"{accelerator.num_processes} process(es) = {effective_batch} images per step, on {accelerator.device} "
             f"({accelerator.distributed_type}, mixed precision {accelerator.mixed_precision})\n"
+            f"  {self.stream.num_workers} DataLoader worker(s) per process"
+            f"{f', the model on {torch.get_num_threads()} CPU thread(s)' if accelerator.device.type == 'cpu' else ''}\n"
             f"  {args.max_train_steps} steps, checkpoints every {args.checkpointing_steps} in {self.output_dir}\n"
             f"  loss: {describe_loss(args)}",
             main_process_only=True,
@@ -557,7 +559,11 @@ def main(argv: list[str] | None = None) -> None:
     trainer = Trainer(model_args, data_args, training_args)
     accelerator = trainer.accelerator
     try:
-        metrics = trainer.run()
+        # on a CPU the model trains on the cores the DataLoader workers leave, unless OMP_NUM_THREADS (which
+        # `accelerate launch` sets) says otherwise: with 2 workers on 2 cores, `tiny` trained 1.2-1.5x faster on one
+        # thread than on two
+        with cpu_threads(accelerator.device, trainer.stream.num_workers):
+            metrics = trainer.run()
         final = trainer.export(metrics)
         if accelerator.is_main_process:
             summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
