@@ -30,7 +30,8 @@ class SharedBatchBuffers:
     marks it free again when the storage of the batch it received is garbage-collected (`release_when_collected`),
     so a batch is never overwritten while anything still refers to it. A worker whose buffers are all in use gets a
     new tensor, which the DataLoader moves to shared memory as usual: it never waits. Make one per DataLoader, before
-    its workers start, so that they share the table.
+    its workers start, so that they share the table. The cost: each worker keeps up to `buffers_per_worker` batches
+    in shared memory (`/dev/shm`) while the DataLoader lives, where it alone would have `prefetch_factor` in flight.
 
     Args:
         num_workers: the DataLoader's worker processes.
