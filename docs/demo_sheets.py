@@ -41,7 +41,7 @@ def main(argv: list[str]) -> None:
     # The model `train.main(argv)` starts from: the Trainer seeds the global generators before it builds the model.
     trainer = train.Trainer(*train.parse_args(argv))
     untrained = trainer.evaluation_model().eval()
-    model_reconstruction_sheet(untrained, trainer.processor, trainer.validation[0]).image.save(
+    model_reconstruction_sheet(untrained, trainer.processor, trainer.sheet_images).image.save(
         DOCS / "demo_untrained.png"
     )
     metrics = evaluate_reconstruction(untrained, trainer.validation)

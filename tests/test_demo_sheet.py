@@ -16,6 +16,7 @@ from hf_vitvq.training.data import embedded_streams
 from hf_vitvq.training.evaluation import (
     model_reconstruction_sheet,
     reconstruction_sheet,
+    spread_images,
     to_unit_range,
     token_caption,
 )
@@ -115,17 +116,24 @@ def test_the_caption_counts_tokens_and_bits_of_the_config(overrides, expected):
     assert token_caption(ViTVQConfig.from_preset("tiny", **overrides)) == expected
 
 
+def test_a_sheet_shows_images_spread_over_the_whole_validation_set():
+    batches = [torch.arange(4.0), torch.arange(4.0, 8.0), torch.arange(8.0, 10.0)]  # 10 "images"
+    assert spread_images(batches, count=4).tolist() == [0.0, 2.0, 5.0, 7.0]
+    assert spread_images(batches, count=10).tolist() == spread_images(batches, count=20).tolist() == list(range(10))
+    assert spread_images(batches).tolist() == [0.0, 1.0, 2.0, 3.0, 5.0, 6.0, 7.0, 8.0]  # 8 by default
+
+
 def test_training_writes_validation_and_final_sheets(tmp_path):
-    """A 2-step run: the validation sheet and `final/reconstructions.png` are the sheet of 128-pixel tiles of the
-    first validation images, the final one drawn by the saved model."""
+    """A 2-step run over 12 validation tiles (batches of 4): the validation sheet and `final/reconstructions.png` are
+    the sheet of 128-pixel tiles of 8 of them spread over all 12, the final one drawn by the saved model."""
     output_dir = tmp_path / "run"
     run_in_process([*QUICK_RUN, "--output_dir", str(output_dir), "--max_train_steps", "2", "--validation_steps", "2",
-                    "--checkpointing_steps", "1000"])  # fmt: skip
+                    "--checkpointing_steps", "1000", "--validation_images", "12"])  # fmt: skip
     model = ViTVQModel.from_pretrained(output_dir / "final").eval()
     processor = ViTVQImageProcessor.from_pretrained(output_dir / "final")
-    first_batch = validation_batches(embedded_streams(32)[1], "image", processor, limit=8, batch_size=4)[0]
-    expected = model_reconstruction_sheet(model, processor, first_batch)
-    assert expected.scale == 4 and len(expected.psnrs) == 4
+    batches = validation_batches(embedded_streams(32)[1], "image", processor, limit=12, batch_size=4)
+    expected = model_reconstruction_sheet(model, processor, torch.cat(batches)[[0, 1, 3, 4, 6, 7, 9, 10]])
+    assert expected.scale == 4 and len(expected.psnrs) == 8
     for name in ("final/reconstructions.png", "validation/step-0000002.png"):
         with Image.open(output_dir / name) as written:
             np.testing.assert_array_equal(np.asarray(written), np.asarray(expected.image))

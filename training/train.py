@@ -29,7 +29,12 @@ from hf_vitvq import ViTVQImageProcessor, ViTVQModel
 from hf_vitvq.training import checkpointing
 from hf_vitvq.training.arguments import DataArguments, ModelArguments, TokenizerTrainingArguments, parse_args
 from hf_vitvq.training.data import TrainingImageStream, load_streams
-from hf_vitvq.training.evaluation import evaluate_reconstruction, prefix_lengths, save_reconstruction_grid
+from hf_vitvq.training.evaluation import (
+    evaluate_reconstruction,
+    prefix_lengths,
+    save_reconstruction_grid,
+    spread_images,
+)
 from hf_vitvq.training.hub import CheckpointPusher
 from hf_vitvq.training.image_shards import cpu_threads, validation_batches
 from hf_vitvq.training.losses import DiscriminatorLoss, TokenizerLoss, decoder_last_layer
@@ -93,11 +98,12 @@ class Trainer(TrainingRun):
             draft=data_args.jpeg_draft,
             interleaved_shards=data.interleaved_shards,
         )
-        self.validation = []
+        self.validation, self.sheet_images = [], None  # the validation images and those its sheets show
         if self.accelerator.is_main_process:
             self.validation = validation_batches(
                 data.validation, data.image_column, self.processor, data.validation_images, args.train_batch_size
             )
+            self.sheet_images = spread_images(self.validation)
 
         model = ViTVQModel(self.config) if pretrained is None else pretrained
         if args.gradient_checkpointing:
@@ -399,7 +405,7 @@ class Trainer(TrainingRun):
             grid = save_reconstruction_grid(
                 model,
                 self.processor,
-                self.validation[0],
+                self.sheet_images,
                 self.output_dir / "validation" / f"step-{self.progress.global_step:07d}.png",
             )
             self.accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=self.progress.global_step)
@@ -548,7 +554,7 @@ class Trainer(TrainingRun):
             )
 
         reloaded = AutoModel.from_pretrained(final).eval()
-        save_reconstruction_grid(reloaded, self.processor, self.validation[0], final / "reconstructions.png")
+        save_reconstruction_grid(reloaded, self.processor, self.sheet_images, final / "reconstructions.png")
         self.push_final(final)
         return final
 

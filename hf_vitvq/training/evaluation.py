@@ -120,6 +120,7 @@ def reconstruct(
 
 SHEET_MIN_TILE_SIZE = 128  # pixels: smaller images are enlarged (nearest neighbour) to at least this on a sheet
 SHEET_PAIRS_PER_ROW = 4
+SHEET_IMAGES = 8  # image pairs on a validation sheet
 
 
 @dataclass
@@ -228,8 +229,17 @@ def reconstruction_sheet(
     return ReconstructionSheet(image, psnrs, caption, scale, original_boxes, reconstruction_boxes)
 
 
+def spread_images(batches: list[torch.Tensor], count: int = SHEET_IMAGES) -> torch.Tensor:
+    """`count` of the images of `batches` (all of them when there are fewer), evenly spaced from the first: what a
+    sheet shows of a validation set, so that it samples all of it rather than its first images (often all of one
+    photo, or of one class)."""
+    images = torch.cat(batches)
+    shown = min(count, len(images))
+    return images[torch.arange(shown) * len(images) // shown]
+
+
 def model_reconstruction_sheet(
-    model: ViTVQModel, processor: ViTVQImageProcessor, pixel_values: torch.Tensor, count: int = 8
+    model: ViTVQModel, processor: ViTVQImageProcessor, pixel_values: torch.Tensor, count: int = SHEET_IMAGES
 ) -> ReconstructionSheet:
     """The [`reconstruction_sheet`] of the first `count` of `pixel_values`, encoded and decoded by `model`, with
     `token_caption(model.config)` on top."""
@@ -240,7 +250,7 @@ def model_reconstruction_sheet(
 
 
 def save_reconstruction_grid(
-    model: ViTVQModel, processor: ViTVQImageProcessor, pixel_values: torch.Tensor, path: Path, count: int = 8
+    model: ViTVQModel, processor: ViTVQImageProcessor, pixel_values: torch.Tensor, path: Path, count: int = SHEET_IMAGES
 ) -> np.ndarray:
     """Write the [`model_reconstruction_sheet`] of the first `count` of `pixel_values` as a PNG at `path`; returns
     the sheet as an (H, W, 3) uint8 array."""
