@@ -35,7 +35,7 @@ from hf_vitvq.training.image_shards import (
     to_pixel_values,
     validation_batches,
 )
-from hf_vitvq.training.worker_memory import freeze_inherited_objects
+from hf_vitvq.training.worker_memory import SharedBatchBuffers, freeze_inherited_objects
 
 
 def make_stream(folder: Path, num_workers: int, rank: int = 0, world_size: int = 1, **kwargs) -> TrainingImageStream:
@@ -102,6 +102,8 @@ def test_workers_reuse_the_batch_buffers_let_go_of_and_never_overwrite_a_held_ba
     per_worker = PREFETCH_BATCHES + 2
     assert [batch.buffer for batch in held] == list(range(per_worker)) + [None] * (12 - per_worker)
     assert None not in buffers and set(buffers) <= set(range(per_worker))
+    with pytest.raises(ValueError, match="at least one worker and one buffer per worker, got num_workers=0"):
+        SharedBatchBuffers(0, per_worker)
 
 
 def test_workers_stop_collecting_what_they_inherited():

@@ -4,7 +4,7 @@ that stops the garbage collector from walking the objects the worker inherited.
 Both remove costs that the decode limit does not have (measured on 2 cores, `benchmarks/data_throughput.py`): the
 DataLoader copies each float32 batch a worker returns into a fresh shared-memory segment, and writing fresh pages
 costs a page fault per 4 KiB (0.55-0.7 ms per 256x256 image, a third of decoding and resizing a 427x320 JPEG); and a
-forked worker holds the training process's ~400k Python objects, which each full collection walks (about 0.2 s).
+forked worker holds the training process's ~420k Python objects, which each full collection walks (about 0.2 s).
 """
 
 from __future__ import annotations
