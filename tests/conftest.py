@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -27,6 +28,17 @@ def load_script(path: Path, name: str) -> ModuleType:
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+def run_on_two_cpu_processes(target: list[str], cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
+    """`torchrun` of `target` (a script and its arguments, or `-m module ...`) as 2 CPU processes (gloo), one thread
+    each, offline; fails the test with the end of its stderr unless it succeeds. (`accelerate launch --cpu
+    --num_processes 2` silently starts one process; torchrun starts two synchronised ranks.)"""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *target]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
 
 
 def tiny_config_kwargs(**overrides: object) -> dict:

@@ -7,15 +7,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, tiny_config_kwargs
+from conftest import REPO_ROOT, run_on_two_cpu_processes, tiny_config_kwargs
 from PIL import Image
 
 from hf_vitvq import ViTVQConfig, ViTVQImageProcessor, ViTVQModel
@@ -107,13 +104,10 @@ def test_results_of_a_tiny_model_on_real_photos(eval_setup, one_process_results)
 
 def test_two_processes_count_every_image_once(eval_setup, one_process_results):
     output_dir = eval_setup / "two"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(REPO_ROOT / "training" / "eval_tokenizer.py"), str(eval_setup / "model"),
-               "--train_data_dir", str(eval_setup / "images"), "--batch_size", "2", "--dataloader_num_workers", "2",
-               "--output_dir", str(output_dir)]  # fmt: skip
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = run_on_two_cpu_processes([
+        str(REPO_ROOT / "training" / "eval_tokenizer.py"), str(eval_setup / "model"),
+        "--train_data_dir", str(eval_setup / "images"), "--batch_size", "2", "--dataloader_num_workers", "2",
+        "--output_dir", str(output_dir)])  # fmt: skip
     results = json.loads((output_dir / "eval_results.json").read_text())
     assert results["settings"]["num_processes"] == 2
     assert results["num_images"] == NUM_PHOTOS and results["skipped_images"] == 1

@@ -8,16 +8,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
-from conftest import REPO_ROOT, load_script, tiny_config_kwargs
+from conftest import REPO_ROOT, load_script, run_on_two_cpu_processes, tiny_config_kwargs
 from safetensors.torch import load_file
 from training_utils import QUICK_RUN, interrupt_and_resume, load_train_script, losses_by_step, run_in_process
 from transformers import ConvNextConfig, ConvNextForImageClassification
@@ -249,11 +246,7 @@ def test_two_processes_keep_both_models_and_the_lecam_averages_in_sync(tmp_path)
     argv = [*QUICK, *GAN, "--output_dir", str(output_dir), "--max_train_steps", "6", "--checkpointing_steps", "100",
             "--validation_steps", "100", "--discriminator_start_step", "2", "--gradient_accumulation_steps", "2",
             "--gan_weight_mode", "adaptive", "--lecam_weight", "0.1"]  # fmt: skip
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(REPO_ROOT / "tests" / "gan_ddp_check.py"), str(tmp_path), *argv]  # fmt: skip
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = run_on_two_cpu_processes([str(REPO_ROOT / "tests" / "gan_ddp_check.py"), str(tmp_path), *argv])
     assert "2 process(es) = 16 images per step" in result.stderr
     for name in ("tokenizer", "discriminator", "lecam"):
         ranks = [load_file(tmp_path / f"{name}{rank}.safetensors") for rank in (0, 1)]

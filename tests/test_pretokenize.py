@@ -16,6 +16,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+from conftest import run_on_two_cpu_processes
 from fake_hub import fake_hub_fixture  # noqa: F401 - fixture `fake_hub`
 from PIL import Image
 from test_cli import run_cli, save_tiny_model, tiny_model_dir_fixture  # noqa: F401 - fixture `tiny_model_dir`
@@ -24,8 +25,6 @@ from hf_vitvq import ViTVQImageProcessor, ViTVQModel
 from hf_vitvq.token_files import weights_sha256
 from hf_vitvq.training.image_shards import AUGMENTATIONS
 from hf_vitvq.training.pretokenize import INFO_FILE
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -110,12 +109,8 @@ def test_two_processes_cover_the_input_exactly_once_and_write_what_one_process_w
     tiny_model_dir, photo_paths, tmp_path, capsys
 ):
     photos = copy_photos(photo_paths, tmp_path / "photos", 20)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "hf_vitvq.cli", *map(str, pretokenize_argv(tiny_model_dir, photos, tmp_path / "two",
-                                                                 "--shard_size", 3, "--num_workers", 1))]  # fmt: skip
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    argv = pretokenize_argv(tiny_model_dir, photos, tmp_path / "two", "--shard_size", 3, "--num_workers", 1)
+    result = run_on_two_cpu_processes(["-m", "hf_vitvq.cli", *map(str, argv)], cwd=tmp_path)
     assert "process 0 of 2: wrote 4 of the 7 shards" in result.stderr
     assert "process 1 of 2: wrote 3 of the 7 shards" in result.stderr
 

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_on_two_cpu_processes
 from safetensors.torch import load_file
 from training_utils import QUICK_RUN, losses_by_step
 
@@ -25,12 +22,7 @@ def test_two_processes_read_disjoint_shards_and_stay_in_sync(tmp_path, photo_pat
     argv = [*QUICK_RUN, "--train_data_dir", str(data_dir), "--validation_images", "8", "--output_dir", str(output_dir),
             "--max_train_steps", "60", "--learning_rate", "3e-3", "--checkpointing_steps", "60",
             "--validation_steps", "100", "--shuffle_buffer_size", "4"]  # fmt: skip
-    # `accelerate launch --cpu --num_processes 2` silently starts one process; torchrun starts two synchronised ranks.
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(REPO_ROOT / "tests" / "ddp_train_check.py"), str(tmp_path), *argv]  # fmt: skip
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = run_on_two_cpu_processes([str(REPO_ROOT / "tests" / "ddp_train_check.py"), str(tmp_path), *argv])
     assert "2 process(es) = 8 images per step" in result.stderr
     assert "| images per step | 8 |" in (output_dir / "final" / "README.md").read_text()  # the model card too
 
