@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
-from transformers import AutoModel, get_scheduler
+from transformers import AutoModel
 
 from hf_vitvq import ViTVQImageProcessor, ViTVQModel
 from hf_vitvq.training import checkpointing
@@ -51,8 +51,8 @@ from hf_vitvq.training.trainer_utils import (
     load_convnext,
     load_lpips,
     loss_weights,
-    parameter_groups,
     prepare_optimization,
+    scheduled_adamw,
     set_train_mode,
     tracker_config,
     training_accelerator,
@@ -171,16 +171,10 @@ class Trainer(TrainingRun):
         discriminator = build_discriminator(
             self.config.num_channels, self.resolution, args.discriminator_hidden_channels, seed=args.seed
         )
-        optimizer = torch.optim.AdamW(
-            parameter_groups(discriminator, args.adam_weight_decay),
-            lr=args.discriminator_learning_rate or args.learning_rate,
-            betas=(args.adam_beta1, args.adam_beta2),
-            eps=args.adam_epsilon,
-        )
-        self.discriminator_scheduler = get_scheduler(
-            args.lr_scheduler,
-            optimizer,
-            num_warmup_steps=args.lr_warmup_steps,
+        optimizer, self.discriminator_scheduler = scheduled_adamw(
+            discriminator,
+            args,
+            args.discriminator_learning_rate or args.learning_rate,
             num_training_steps=max(1, args.max_train_steps - args.discriminator_start_step),
         )
         self.discriminator, self.discriminator_optimizer = accelerator.prepare(discriminator, optimizer)

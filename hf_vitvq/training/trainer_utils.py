@@ -27,6 +27,7 @@ from hf_vitvq.configuration_vitvq import looks_like_local_path
 
 from .arguments import CODEBOOK_RECIPES, ModelArguments, TokenizerTrainingArguments
 from .discriminator import PatchDiscriminator
+from .hub import CheckpointPusher, push_folder
 from .losses import LossWeights
 from .perceptual import (
     LPIPS,
@@ -102,20 +103,29 @@ class Optimization:
     ema: AveragedModel | None
 
 
-def prepare_optimization(accelerator: Accelerator, model: nn.Module, args: OptimizationArguments) -> Optimization:
-    """AdamW over `parameter_groups(model)` with `get_scheduler`'s schedule, model and optimizer prepared by
-    `accelerator`, and with `--use_ema` an EMA of the weights registered for checkpointing. The scheduler is not
-    prepared: it is stepped once per optimizer step on every process, whatever their number; the caller registers
-    it for checkpointing (after the EMA, the order checkpoints hold them in)."""
+def scheduled_adamw(
+    model: nn.Module, args: OptimizationArguments, learning_rate: float, num_training_steps: int
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW over `parameter_groups(model)` at peak `learning_rate`, with the arguments' betas, epsilon and weight
+    decay, and `get_scheduler`'s schedule of the arguments' type and warm-up over `num_training_steps`."""
     optimizer = torch.optim.AdamW(
         parameter_groups(model, args.adam_weight_decay),
-        lr=args.learning_rate,
+        lr=learning_rate,
         betas=(args.adam_beta1, args.adam_beta2),
         eps=args.adam_epsilon,
     )
     lr_scheduler = get_scheduler(
-        args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps, num_training_steps=args.max_train_steps
+        args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps, num_training_steps=num_training_steps
     )
+    return optimizer, lr_scheduler
+
+
+def prepare_optimization(accelerator: Accelerator, model: nn.Module, args: OptimizationArguments) -> Optimization:
+    """`scheduled_adamw` over the run's steps at `--learning_rate`, model and optimizer prepared by
+    `accelerator`, and with `--use_ema` an EMA of the weights registered for checkpointing. The scheduler is not
+    prepared: it is stepped once per optimizer step on every process, whatever their number; the caller registers
+    it for checkpointing (after the EMA, the order checkpoints hold them in)."""
+    optimizer, lr_scheduler = scheduled_adamw(model, args, args.learning_rate, args.max_train_steps)
     prepared_model, prepared_optimizer = accelerator.prepare(model, optimizer)
     ema = None
     if args.use_ema:
@@ -136,7 +146,7 @@ class TrainingRun:
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
     ema: AveragedModel | None
     progress: TrainingProgress
-    checkpoint_pusher: Any  # hub.CheckpointPusher or None
+    checkpoint_pusher: CheckpointPusher | None
 
     def evaluation_model(self) -> nn.Module:
         """The weights to evaluate and export: the EMA when enabled, else the raw model."""
@@ -164,8 +174,6 @@ class TrainingRun:
         if not self.args.push_to_hub:
             return
         self.finish_pushes()  # the final model's commit comes after the checkpoints'
-        from .hub import push_folder
-
         url = push_folder(final, self.args.hub_model_id, None, self.args.hub_token)
         logger.info(f"Pushed {final} to {url}")
 
@@ -287,7 +295,7 @@ def load_lpips(lpips_trunk: str | None) -> LPIPS:
     The global random state is left as it was (the trunk is initialised before its weights load)."""
     find_lpips_heads()  # the heads ship with torchmetrics: without them, an error rather than a silent fallback
     with torch.random.fork_rng(devices=[]):
-        if lpips_trunk is not None or lpips_trunk_available():
+        if lpips_trunk_available(lpips_trunk):
             return LPIPS(lpips_trunk)
         if constants.HF_HUB_OFFLINE:
             raise LPIPSUnavailableError(
