@@ -46,8 +46,8 @@ from hf_vitvq.training.image_shards import (
     ShardBatchDataset,
     cpu_threads,
     file_shards,
+    inference_loader,
     pixel_value_table,
-    shard_batch_loader,
     to_pixel_values,
 )
 
@@ -99,7 +99,8 @@ def data_path_timing(files: list[str], processor: ViTVQImageProcessor, size: int
     shards = file_shards(files, files, args.shard_size)
     dataset = ShardBatchDataset(shards, processor, size, batch_size=args.batch_size)
     with timing() as result:
-        result.images = sum(len(batch.keys) for batch in shard_batch_loader(dataset, min(workers, len(shards))))
+        loader = inference_loader(dataset, workers, torch.device("cpu"))
+        result.images = sum(len(batch.keys) for batch in loader)
     return result
 
 

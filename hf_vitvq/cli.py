@@ -153,29 +153,20 @@ def check_output_free(path: Path, overwrite: bool, folder: bool = False) -> None
 
 @dataclass
 class ImageBatches:
-    """The image files of a command's inputs, a loader of their `ShardBatch`es (crops of the model's image size),
-    and its number of workers."""
+    """The image files of a command's inputs and a loader of their `ShardBatch`es (crops of the model's image size;
+    its `num_workers` is how many worker processes read them)."""
 
     files: list[str]
     loader: Any
-    num_workers: int
 
 
 def image_batches(args: argparse.Namespace, model: Any, processor: Any) -> ImageBatches:
-    from .training.image_shards import (
-        ShardBatchDataset,
-        collect_image_files,
-        default_num_workers,
-        file_shards,
-        shard_batch_loader,
-    )
+    from .training.image_shards import ShardBatchDataset, collect_image_files, file_shards, inference_loader
 
     files = collect_image_files(args.inputs)
     shards = file_shards(files, files, shard_size=args.batch_size)
     dataset = ShardBatchDataset(shards, processor, model.config.image_size, batch_size=args.batch_size)
-    workers = default_num_workers(model.device) if args.dataloader_num_workers is None else args.dataloader_num_workers
-    workers = min(workers, len(shards))
-    return ImageBatches(files, shard_batch_loader(dataset, workers, pin_memory=model.device.type == "cuda"), workers)
+    return ImageBatches(files, inference_loader(dataset, args.dataloader_num_workers, model.device))
 
 
 def report_skipped(skipped: list[str], total: int) -> None:
@@ -317,7 +308,7 @@ def run_encode(args: argparse.Namespace) -> int:
     check_num_tokens_argument(args, model.config)
     images = image_batches(args, model, processor)
     names, token_ids, skipped = [], [], []
-    with cpu_threads(device, images.num_workers), progress_bar(len(images.files), "encode") as progress:
+    with cpu_threads(device, images.loader.num_workers), progress_bar(len(images.files), "encode") as progress:
         for batch, ids in encode_batches(model, images.loader, pixel_value_table(processor), dtype):
             names += batch.keys
             token_ids.append(ids[:, : args.num_tokens])  # the first K: what model.encode(..., num_tokens=K) returns
@@ -446,7 +437,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     images = image_batches(args, model, processor)
     table = pixel_value_table(processor)
     results, skipped = [], []
-    with cpu_threads(device, images.num_workers), progress_bar(len(images.files), "reconstruct") as progress:
+    with cpu_threads(device, images.loader.num_workers), progress_bar(len(images.files), "reconstruct") as progress:
         for batch in images.loader:
             skipped += batch.skipped
             results += reconstruct_batch(model, processor, batch, table, args.num_tokens) if batch.keys else []

@@ -83,9 +83,9 @@ from .image_shards import (
     cpu_threads,
     dataset_shards,
     file_shards,
+    inference_loader,
     load_image_dataset,
     load_tokenizer,
-    shard_batch_loader,
 )
 
 if TYPE_CHECKING:
@@ -429,14 +429,12 @@ def evaluate_model(args: argparse.Namespace, accelerator: Accelerator) -> dict[s
     resolution = config.image_size
     data = load_evaluation_data(args, resolution)
     shards = data.shards[accelerator.process_index :: accelerator.num_processes]  # every n-th shard: each image once
-    num_workers = min(args.dataloader_num_workers, len(shards))
     reader = ShardBatchDataset(shards, processor, resolution, batch_size=args.batch_size)
-    batches = shard_batch_loader(reader, num_workers, pin_memory=accelerator.device.type == "cuda")
-    sizes = [shard.num_examples for shard in shards]
-    expected = None if None in sizes else sum(sizes)
+    batches = inference_loader(reader, args.dataloader_num_workers, accelerator.device)
+    expected = reader.num_examples
     inception, lpips, skipped_metrics = load_metric_networks(args, accelerator.device)
     num_tokens = [main_num_tokens, *(k for k in sweep if k != main_num_tokens)]
-    with cpu_threads(accelerator.device, num_workers):
+    with cpu_threads(accelerator.device, batches.num_workers):
         outcome = run_evaluation(model, batches, accelerator, inception, lpips, expected, num_tokens)
     by_num_tokens = outcome["by_num_tokens"]
     return {

@@ -411,6 +411,12 @@ class ShardBatchDataset(torch.utils.data.IterableDataset):
         self.augment = augment
         self.batch_size = batch_size
 
+    @property
+    def num_examples(self) -> int | None:
+        """The examples of all the shards (undecodable ones included), or None when a shard cannot say (a stream)."""
+        sizes = [shard.num_examples for shard in self.shards]
+        return None if None in sizes else sum(sizes)
+
     def __iter__(self) -> Iterator[ShardBatch]:
         worker = torch.utils.data.get_worker_info()
         shards = self.shards if worker is None else self.shards[worker.id :: worker.num_workers]
@@ -454,6 +460,16 @@ def shard_batch_loader(dataset: ShardBatchDataset, num_workers: int, pin_memory:
         persistent_workers=False,
         worker_init_fn=freeze_inherited_objects,
     )
+
+
+def inference_loader(
+    dataset: ShardBatchDataset, requested_workers: int | None, device: torch.device
+) -> torch.utils.data.DataLoader:
+    """The [`shard_batch_loader`] of the inference commands (encode, reconstruct, eval, pretokenize) for a model on
+    `device`: `requested_workers` (None: `default_num_workers(device)`), at most one per shard (a worker reads whole
+    shards), batches in page-locked memory for a GPU. Its `num_workers` is the number it runs."""
+    num_workers = default_num_workers(device) if requested_workers is None else requested_workers
+    return shard_batch_loader(dataset, min(num_workers, len(dataset.shards)), pin_memory=device.type == "cuda")
 
 
 def encode_batches(

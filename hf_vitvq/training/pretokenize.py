@@ -54,14 +54,13 @@ from .image_shards import (
     check_discrete,
     cpu_threads,
     dataset_shards,
-    default_num_workers,
     encode_batches,
     file_shards,
     inference_dtype,
+    inference_loader,
     load_image_dataset,
     load_tokenizer,
     pixel_value_table,
-    shard_batch_loader,
 )
 
 logger = logging.getLogger(__name__)
@@ -401,15 +400,13 @@ class PretokenizeRun:
 
         args, device = self.args, self.state.device
         dataset = ShardBatchDataset(shards, self.processor, self.model.config.image_size, args.augment, args.batch_size)
-        num_workers = args.dataloader_num_workers
-        num_workers = min(default_num_workers(device) if num_workers is None else num_workers, len(shards))
-        loader = shard_batch_loader(dataset, num_workers, pin_memory=device.type == "cuda")
-        sizes = [shard.num_examples for shard in shards]
-        total = None if None in sizes else sum(sizes)
-        progress = tqdm(total=total, unit="img", desc="pretokenize", disable=not self.state.is_local_main_process)
+        loader = inference_loader(dataset, args.dataloader_num_workers, device)
+        progress = tqdm(
+            total=dataset.num_examples, unit="img", desc="pretokenize", disable=not self.state.is_local_main_process
+        )
         table = pixel_value_table(self.processor)
         open_shards: dict[int, ShardRows] = {}
-        with cpu_threads(device, num_workers), progress:
+        with cpu_threads(device, loader.num_workers), progress:
             for batch, token_ids in encode_batches(self.model, loader, table, self.dtype):
                 rows = open_shards.setdefault(batch.shard, ShardRows())
                 rows.add(batch, token_ids)
