@@ -70,7 +70,7 @@ from hf_vitvq.model_card import (
     read_eval_results,
     with_eval_results,
 )
-from hf_vitvq.pixel_conversion import normalize_pixels, to_uint8
+from hf_vitvq.pixel_conversion import to_uint8
 from hf_vitvq.quantizer_base import code_perplexity
 from hf_vitvq.token_files import check_num_tokens
 
@@ -86,7 +86,10 @@ from .image_shards import (
     inference_loader,
     load_image_dataset,
     load_tokenizer,
+    pixel_value_table,
+    to_pixel_values,
 )
+from .trainer_utils import end_training
 
 if TYPE_CHECKING:
     from .fid import InceptionFeatures, ReconstructionFID, ReconstructionInceptionScore
@@ -178,17 +181,19 @@ def batch_measurements(
     accelerator: Accelerator,
     inception: InceptionFeatures | None,
     lpips: LPIPS | None,
+    table: torch.Tensor,
     num_tokens: Sequence[int],
 ) -> dict[str, torch.Tensor]:
     """Per-image numbers of a batch of uint8 (B, 3, R, R) originals, to add up. For each k of `num_tokens` (the main
     number of tokens first, then those of a sweep), of the reconstruction from the first k tokens of each image:
     `psnr@k`, `ssim@k` (B,) and, with an Inception network, `fake_features@k` (B, 2048) float64. Of the main
     reconstruction only: `lpips` (B,) with an LPIPS network and `token_ids` (B, k) or (B, k, Q) for discrete tokens.
-    `real_features` (B, 2048) float64 of the originals with an Inception network. Every reconstruction is rounded to
+    `real_features` (B, 2048) float64 of the originals with an Inception network. The originals become pixel values
+    through `table` ([`pixel_value_table`]: what the processor gives). Every reconstruction is rounded to
     uint8 first. The images are encoded once; each k decodes the first k quantized latents, as `model(...,
     num_tokens=k)` does."""
     config = model.config
-    pixel_values = normalize_pixels(originals, config.pixel_value_range).to(model.dtype)
+    pixel_values = to_pixel_values(originals, table).to(model.dtype)
     main = num_tokens[0]
     with accelerator.autocast():
         output = model(pixel_values)
@@ -313,22 +318,24 @@ def run_evaluation(
     accelerator: Accelerator,
     inception: InceptionFeatures | None,
     lpips: LPIPS | None,
+    table: torch.Tensor,
+    num_tokens: Sequence[int],
     expected: int | None = None,
-    num_tokens: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Evaluate `model` on every process, each on its own [`ShardBatch`]es `batches` (its shards of the data); returns,
     on every process, `{"metrics", "by_num_tokens", "skipped_metrics", "num_images", "skipped_images"}` of all
-    processes together (metrics computed on the main process only: empty elsewhere). `num_tokens`: reconstruct from
-    the first k tokens for each k, the metrics of the first k in `metrics`, those of every k in `by_num_tokens`
-    (default: all tokens). `expected` (this process's examples) sizes the progress bar."""
-    num_tokens = list(num_tokens or [model.config.num_latent_tokens])
+    processes together (metrics computed on the main process only: empty elsewhere). `table`: the processor's pixel
+    values ([`pixel_value_table`]). `num_tokens`: reconstruct from the first k tokens for each k, the metrics of the
+    first k in `metrics`, those of every k in `by_num_tokens`. `expected` (this process's examples) sizes the progress
+    bar."""
+    num_tokens = list(num_tokens)
     totals = MetricTotals(inception, model.config.codebook_size, accelerator.device, num_tokens)
     progress = tqdm(total=expected, unit="img", desc="evaluating", disable=not accelerator.is_local_main_process)
     start = time.perf_counter()
     for batch in batches:
         if batch.keys:
             originals = batch.crops.to(accelerator.device, non_blocking=True)
-            totals.update(batch_measurements(model, originals, accelerator, inception, lpips, num_tokens))
+            totals.update(batch_measurements(model, originals, accelerator, inception, lpips, table, num_tokens))
         totals.skipped += batch.skipped
         progress.update(len(batch.keys) + len(batch.skipped))
     progress.close()
@@ -435,7 +442,9 @@ def evaluate_model(args: argparse.Namespace, accelerator: Accelerator) -> dict[s
     inception, lpips, skipped_metrics = load_metric_networks(args, accelerator.device)
     num_tokens = [main_num_tokens, *(k for k in sweep if k != main_num_tokens)]
     with cpu_threads(accelerator.device, batches.num_workers):
-        outcome = run_evaluation(model, batches, accelerator, inception, lpips, expected, num_tokens)
+        outcome = run_evaluation(
+            model, batches, accelerator, inception, lpips, pixel_value_table(processor), num_tokens, expected
+        )
     by_num_tokens = outcome["by_num_tokens"]
     return {
         "model": model_path,
@@ -493,8 +502,7 @@ def eval_command(args: argparse.Namespace) -> dict[str, Any]:
             paths = write_results(results, output_dir)
             print(f"{eval_results_table(results)}\n\nWrote {', '.join(map(str, paths))}.")
     finally:
-        accelerator.free_memory()
-        accelerator.end_training()
+        end_training(accelerator)
     return results
 
 
