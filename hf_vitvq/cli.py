@@ -15,7 +15,8 @@ trained with tail-token dropout (others decode all their tokens only, and say so
 
 Each command is a `Command` in `COMMANDS`: a function that adds its arguments and one that runs it and returns the
 exit code. Arguments are parsed before anything heavy is imported: each command imports what it needs (datasets,
-pyarrow, the evaluation code, onnx, ...) when it runs, so that `--help` costs `import hf_vitvq` and no more. Bad
+pyarrow, the evaluation code, onnx, ...) when it runs, so that `--help` costs about `import hf_vitvq` (and the
+generation pipeline, whose `sample` arguments it lists). Bad
 input (a missing model or file, an empty folder, an output that exists, token ids from another model, a number of
 tokens the model does not decode) ends with a one-line message on stderr and exit code 2, never a traceback;
 `encode`, `reconstruct` and `pretokenize` skip the images they cannot decode, list them, and exit with 1 only when
@@ -399,17 +400,14 @@ def reconstruct_batch(
 ) -> list[Reconstruction]:
     """Encode and decode the crops of a `ShardBatch` (from the first `num_tokens` tokens of each, when given); PSNR
     (dB) and SSIM of the 8-bit reconstructions."""
-    import numpy as np
     import PIL.Image
-    import torch
 
     from .metrics import psnr, ssim
-    from .training.evaluation import reconstruct
+    from .training.evaluation import images_to_unit_range, reconstruct
     from .training.image_shards import to_pixel_values
 
     _, images = reconstruct(model, processor, to_pixel_values(batch.crops.to(model.device), table), num_tokens)
-    reconstructed = torch.from_numpy(np.stack([np.asarray(image) for image in images]))
-    reconstructed = reconstructed.permute(0, 3, 1, 2).float() / 255  # (B, H, W, 3) -> (B, 3, H, W) in [0, 1]
+    reconstructed = images_to_unit_range(images)
     originals = batch.crops.float() / 255
     scores = zip(psnr(reconstructed, originals).tolist(), ssim(reconstructed, originals).tolist(), strict=True)
     return [
@@ -629,7 +627,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 
 
 def check_eval_args(args: argparse.Namespace) -> None:
-    """Raise a `ValueError` (a `CommandError`) saying what to pass, before anything is loaded."""
+    """Raise a `ValueError` (or, from `check_positive`, a `CommandError`) saying what to pass, before anything is
+    loaded."""
     if args.dataset_name and args.train_data_dir:
         raise ValueError("Pass either --dataset_name or --train_data_dir, not both.")
     if args.data_files and not args.dataset_name:

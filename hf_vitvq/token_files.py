@@ -14,8 +14,8 @@ Two formats, chosen by the file's suffix:
 The model's description lets `decode` refuse ids from a model with another codebook or token count. A file written
 with `hf-vitvq encode --num_tokens K` holds the first K ids of each image (its `token_shape` says so, e.g. `[K]`
 with `num_latent_tokens` 32): a model trained with tail-token dropout decodes it, others refuse it, by the rule of
-`ViTVQModel.decode` ([`check_num_tokens`]). Only the standard library, torch, safetensors and (imported when a
-parquet file is read or written) pyarrow are needed.
+`ViTVQModel.decode` ([`check_num_tokens`]). Beside the package's own config, only the standard library, torch,
+transformers, safetensors and (imported when a parquet file is read or written) numpy and pyarrow are needed.
 """
 
 from __future__ import annotations

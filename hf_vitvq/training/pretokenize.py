@@ -25,7 +25,6 @@ import gc
 import hashlib
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,7 @@ from hf_vitvq.token_files import (
     id_lists,
     is_temporary_file,
     token_metadata,
-    token_shape,
+    tokens_per_image,
     weights_sha256,
 )
 
@@ -62,10 +61,11 @@ from .image_shards import (
     load_tokenizer,
     pixel_value_table,
 )
+from .prior_data import PRETOKENIZE_INFO
 
 logger = logging.getLogger(__name__)
 
-INFO_FILE = "pretokenize_info.json"
+INFO_FILE = PRETOKENIZE_INFO  # what prior training reads (`prior_data.pretokenize_info`)
 SHARD_PATTERN = "{split}-{index:05d}-of-{count:05d}.parquet"
 
 
@@ -284,7 +284,7 @@ class ShardRows:
         self.skipped += batch.skipped
 
 
-def shard_table(rows: ShardRows, views: tuple[str, ...], has_labels: bool, label_feature: Any, shape: tuple) -> Any:
+def shard_table(rows: ShardRows, views: tuple[str, ...], has_labels: bool, label_feature: Any) -> Any:
     """A shard's pyarrow table: one row per view of each image, columns `key`, `view` (several views only),
     `token_ids`, `label` (`has_labels` only), typed with `datasets` features (kept in the schema metadata, which
     `load_dataset` restores: `ClassLabel` names included)."""
@@ -295,8 +295,7 @@ def shard_table(rows: ShardRows, views: tuple[str, ...], has_labels: bool, label
     columns = {"key": pa.array(np.repeat(np.array(rows.keys, dtype=object), num_views).tolist(), pa.string())}
     if num_views > 1:
         columns["view"] = pa.array(np.tile(np.arange(num_views), len(rows.keys)), pa.int64())
-    token_ids = torch.cat(rows.token_ids) if rows.token_ids else torch.zeros((0, *shape), dtype=torch.long)
-    columns["token_ids"] = id_lists(token_ids)
+    columns["token_ids"] = id_lists(torch.cat(rows.token_ids))  # one tensor per batch, empty ones included
     if has_labels:
         columns["label"] = pa.array([label for label in rows.labels for _ in range(num_views)])
     table = pa.table(columns)
@@ -354,7 +353,7 @@ class PretokenizeRun:
         return {
             **self.settings,
             "model": self.args.model,
-            "tokens_per_image": math.prod(token_shape(config)),
+            "tokens_per_image": tokens_per_image(config),
             "views_per_image": len(self.views),
             "label": label,
             "settings_sha256": self.settings_sha256,
@@ -420,8 +419,7 @@ class PretokenizeRun:
         import pyarrow.parquet as pq
 
         has_labels = self.source.label is not None
-        shape = token_shape(self.model.config)
-        table = shard_table(rows, self.views, has_labels, self.source.label_feature, shape)
+        table = shard_table(rows, self.views, has_labels, self.source.label_feature)
         metadata = {
             **token_metadata(self.model.config, self.args.model),
             "settings_sha256": self.settings_sha256,
