@@ -226,6 +226,13 @@ def as_stream(dataset: datasets.Dataset | IterableDataset) -> IterableDataset:
     return dataset
 
 
+def load_dataset_split(args: Any, split: str) -> datasets.Dataset | IterableDataset:
+    """`split` of `--dataset_name` (with `--dataset_config_name` and `--data_files`), streamed with `--streaming`."""
+    return datasets.load_dataset(
+        args.dataset_name, args.dataset_config_name, data_files=args.data_files, split=split, streaming=args.streaming
+    )
+
+
 class TrainingData(NamedTuple):
     """What `load_streams` returns: the streams, the column holding the images, how many validation images to read
     from `validation` (its first ones), and how many of `train`'s shards to interleave into a shuffle buffer
@@ -256,20 +263,11 @@ def load_streams(data_args: Any, resolution: int, world_size: int = 1) -> Traini
         train, validation, num_validation = image_folder_streams(data_args.train_data_dir, data_args.validation_images)
         return TrainingData(train, validation, "image", num_validation, interleaved_shards=1)
 
-    def load(split: str) -> datasets.Dataset | IterableDataset:
-        return datasets.load_dataset(
-            data_args.dataset_name,
-            data_args.dataset_config_name,
-            data_files=data_args.data_files,
-            split=split,
-            streaming=data_args.streaming,
-        )
-
-    train = load(data_args.train_split)
+    train = load_dataset_split(data_args, data_args.train_split)
     image_column = find_image_column(train.features, data_args.image_column)
     num_validation = data_args.validation_images or DEFAULT_VALIDATION_IMAGES
     if data_args.validation_split is not None:
-        validation = load(data_args.validation_split)
+        validation = load_dataset_split(data_args, data_args.validation_split)
     elif isinstance(train, datasets.Dataset):
         source = f"the {data_args.train_split!r} split has {len(train)} rows"
         num_validation = hold_out_count(

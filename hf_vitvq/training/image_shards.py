@@ -47,6 +47,7 @@ from .data import (
     decode_image,
     find_image_column,
     image_files,
+    load_dataset_split,
     without_image_decoding,
 )
 from .worker_memory import freeze_inherited_objects
@@ -309,13 +310,7 @@ def file_shards(
 def load_image_dataset(args: Any) -> tuple[datasets.Dataset | datasets.IterableDataset, str]:
     """The `--split` of `--dataset_name` (with `--dataset_config_name` and `--data_files`), streamed unless
     `--no_streaming` (`args.streaming`), and its image column (`--image_column`, else the one `Image` feature)."""
-    dataset = datasets.load_dataset(
-        args.dataset_name,
-        args.dataset_config_name,
-        data_files=args.data_files,
-        split=args.split,
-        streaming=args.streaming,
-    )
+    dataset = load_dataset_split(args, args.split)
     return dataset, find_image_column(dataset.features, args.image_column)
 
 
