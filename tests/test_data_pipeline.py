@@ -17,6 +17,7 @@ import torch
 from test_training_parts import make_image_folder
 
 from hf_vitvq import ViTVQImageProcessor
+from hf_vitvq.pixel_conversion import normalize_pixels
 from hf_vitvq.training.data import (
     DRAFT_MIN_OUTPUT_RATIO,
     PREFETCH_BATCHES,
@@ -26,6 +27,7 @@ from hf_vitvq.training.data import (
     decode_random_crop,
     draft_reduction,
     image_folder_stream,
+    rgb_pixels,
 )
 from hf_vitvq.training.image_shards import (
     ShardBatchDataset,
@@ -78,6 +80,36 @@ def test_workers_are_capped_at_the_shards_of_the_process(tmp_path, caplog):
         stream = make_stream(folder, num_workers=5)
     assert stream.num_workers == 3 and "has 3 shard(s)" in caplog.text and "instead of 5" in caplog.text
     assert {batch.worker for batch in read(stream, count=6, batch_size=2)} == {0, 1, 2}
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_batches_are_the_seeded_crops_normalised(tmp_path, num_workers):
+    """Unshuffled, the i-th image of worker 0 in epoch 0 is file i, cropped with the generator seeded from (seed,
+    epoch, rank, worker, i): each batch holds exactly those crops, as `normalize_pixels` maps them, in order."""
+    folder = make_image_folder(tmp_path / "images", 6)
+    files = sorted(folder.iterdir())
+    batches = read(make_stream(folder, num_workers=num_workers, shuffle_buffer_size=0), count=3, batch_size=2)
+    pixel_values_in_order = torch.cat([batch.pixel_values for batch in batches])
+    for index, (path, pixel_values) in enumerate(zip(files, pixel_values_in_order, strict=True)):
+        rng = np.random.default_rng([3, 0, 0, 0, index])
+        expected = decode_random_crop({"bytes": None, "path": str(path)}, 8, (0.2, 1.0), True, rng)
+        chw = torch.from_numpy(np.array(expected)).permute(2, 0, 1)
+        assert torch.equal(pixel_values, normalize_pixels(chw, (-1.0, 1.0))), path.name
+    assert [name for batch in batches for name in batch.names] == [path.name for path in files]
+
+
+def test_rgb_pixels_views_the_image_memory_where_pillow_exports_it_and_copies_otherwise():
+    small = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8))
+    pixels = rgb_pixels(small)
+    assert pixels.dtype == torch.uint8 and torch.equal(pixels, torch.from_numpy(np.array(small)))
+    if hasattr(small, "__arrow_c_array__"):  # Pillow >= 11.2: a view of its 4-byte pixels, nothing copied
+        assert pixels.stride() == (7 * 4, 4, 1)
+    # rows over several of Pillow's 16 MiB blocks cannot be exported: copied
+    large = PIL.Image.new("RGB", (4096, 1100), (10, 20, 30))
+    large.putpixel((4095, 1099), (1, 2, 3))
+    pixels = rgb_pixels(large)
+    assert pixels.shape == (1100, 4096, 3) and pixels.is_contiguous()
+    assert pixels[0, 0].tolist() == [10, 20, 30] and pixels[-1, -1].tolist() == [1, 2, 3]
 
 
 # ---------------------------------------------------------------------------------------------- worker memory

@@ -5,9 +5,10 @@ Exact resume through a shuffle buffer: `IterableDataset.state_dict()` drops the 
 stream is made a pure function of (seed, epoch, rank, worker) — each epoch is the stream shuffled with a seed drawn
 from (seed, epoch), split between the processes, and `datasets` gives each DataLoader worker the same shards of it —
 and the position is, for each worker, the number of raw examples it has consumed in its current epoch. On resume the
-stream is rebuilt and each worker skips that many examples without decoding them (images are read as undecoded bytes
-and decoded by us, which is also how undecodable samples are caught, counted and skipped). Random crops and flips are
-seeded per example from (seed, epoch, rank, worker, position), so they replay exactly too. See `TrainingImageStream`.
+stream is rebuilt and each worker skips that many examples without decoding them (images are read undecoded, as bytes
+or a file path, and decoded by us, which is also how undecodable samples are caught, counted and skipped). Random crops
+and flips are seeded per example from (seed, epoch, rank, worker, position), so they replay exactly too. See
+`TrainingImageStream`.
 
 Validation images are read by the reader of `hf-vitvq eval`, `encode` and `pretokenize` (`image_shards`), centre-cropped
 as the image processor crops them: `image_shards.validation_batches`.
@@ -29,6 +30,7 @@ from typing import Any, NamedTuple
 import datasets
 import numpy as np
 import PIL.Image
+import pyarrow
 import torch
 from datasets import Features, IterableDataset
 from datasets import Image as ImageFeature
@@ -58,8 +60,10 @@ DEFAULT_VALIDATION_IMAGES = 32
 
 
 def _read_files(paths: list[str]) -> Iterator[dict[str, Any]]:
+    """The examples of image files: their path only (the reader opens the file; a path string is also what
+    `datasets` encodes as `{"bytes": None, "path": path}` without looking the file up), and the file's name."""
     for path in paths:
-        yield {"image": {"bytes": Path(path).read_bytes(), "path": path}, "name": Path(path).name}
+        yield {"image": path, "name": Path(path).name}
 
 
 def _image_paths(folder: str | Path) -> Iterator[Path]:
@@ -398,6 +402,19 @@ def decode_random_crop(
     return crop
 
 
+def rgb_pixels(image: PIL.Image.Image) -> torch.Tensor:
+    """(H, W, 3) uint8 pixels of an RGB PIL image: a view of the image's own memory where Pillow exports it (its Arrow
+    export, Pillow >= 11.2, for images whose rows lie in one block: 4 bytes per RGB pixel), else a copy."""
+    if hasattr(image, "__arrow_c_array__"):
+        try:
+            pixels = torch.from_dlpack(pyarrow.array(image).values)  # (H * W * 4,), the memory of RGBX pixels
+        except ValueError:  # rows in several blocks (large images)
+            pixels = None
+        if pixels is not None and pixels.numel() == image.height * image.width * 4:
+            return pixels.view(image.height, image.width, 4)[..., :3]
+    return torch.from_numpy(np.array(image))
+
+
 def example_name(example: dict[str, Any], image_column: str, fallback: str) -> str:
     """What to call an example in reports: its `name` column, its webdataset `__key__`, the image's file path (an
     undecoded `Image` value), else `fallback`."""
@@ -421,7 +438,7 @@ def without_image_decoding(dataset: IterableDataset, image_column: str) -> Itera
 class _Example(NamedTuple):
     """One image as a reader yields it to the DataLoader, which batches them in the worker (`collate_fn`)."""
 
-    pixels: np.ndarray  # a training crop (R, R, 3) uint8
+    crop: PIL.Image.Image  # a training crop, R x R RGB
     name: str
     worker: int
     position: dict[str, Any]  # the worker's `StreamPosition` right after this example
@@ -530,13 +547,16 @@ class TrainingBatch:
 def _collate_crops(
     pixel_value_range: tuple[float, float], buffers: SharedBatchBuffers | None, examples: list[_Example]
 ) -> TrainingBatch:
-    """A training batch of crops (in the worker): the uint8 crops as float32 pixel values in `pixel_value_range`
-    (`normalize_pixels`), written into a shared buffer of the worker's from `buffers` (a new tensor without)."""
-    crops = torch.from_numpy(np.stack([example.pixels for example in examples])).permute(0, 3, 1, 2)  # (B, 3, R, R)
+    """A training batch of crops (in the worker): each crop's pixels (`rgb_pixels`, no copy) normalised to float32
+    pixel values in `pixel_value_range` (`normalize_pixels`) straight into its slot of a shared buffer of the
+    worker's from `buffers` (a new tensor without)."""
     last = examples[-1]
-    out, buffer = buffers.take(last.worker, tuple(crops.shape)) if buffers is not None else (None, None)
+    shape = (len(examples), 3, last.crop.height, last.crop.width)
+    out, buffer = buffers.take(last.worker, shape) if buffers is not None else (torch.empty(shape), None)
+    for example, pixel_values in zip(examples, out, strict=True):
+        normalize_pixels(rgb_pixels(example.crop).permute(2, 0, 1), pixel_value_range, out=pixel_values)
     return TrainingBatch(
-        pixel_values=normalize_pixels(crops, pixel_value_range, out=out),
+        pixel_values=out,
         names=[example.name for example in examples],
         worker=last.worker,
         position=last.position,
@@ -662,7 +682,7 @@ class TrainingImageStream:
                                           rng, draft=self.draft)  # fmt: skip
                 if crop is not None:
                     failures = []
-                    yield _Example(np.asarray(crop), name, worker, position.to_dict(), skipped)
+                    yield _Example(crop, name, worker, position.to_dict(), skipped)
                     skipped = []
                     continue
                 failures.append(name)
