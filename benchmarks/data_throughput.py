@@ -1,7 +1,7 @@
 """Input pipeline throughput: the training stream's images/s against the decode limit, draft decoding's speed and
 quality, and end-to-end training against the synthetic-data step rate.
 
-    .venv/bin/python benchmarks/data_throughput.py                        # everything, ~4 minutes on 2 idle cores
+    .venv/bin/python benchmarks/data_throughput.py                        # everything, ~7 minutes on 2 idle cores
     .venv/bin/python benchmarks/data_throughput.py --images 128 --skip_training
 
 Image sets: (a) `../shared/data/photos` (small JPEGs, mostly 427x320), (b) JPEGs written by this script into a
@@ -12,10 +12,12 @@ Per set, all in this run, configurations interleaved (best of `--repeats`, so th
 less; the 1-minute load average is printed with the tables), images/s and CPU time per image (this process and its
 DataLoader workers, read from /proc):
 - decode limit: a bare loop in this process of `PIL.Image.open` + decode + crop + resize to 256x256 (the training
-  stream's crop boxes), with full decoding and with draft decoding (`draft_reduction`'s rule);
+  stream's crop boxes), with full decoding and with draft decoding (`draft_reduction`'s rule); and the same loop
+  normalising each crop into a float32 batch as the workers do (the limit for a pipeline that outputs floats);
 - the training stream (`TrainingImageStream`: 256x256 random resized crops of 80-100% of the area, flips, a shuffle
   buffer of 1000, normalised float32 batches of 32) with 0, 1 and 2 DataLoader workers, draft off and on. Steady
-  state: the clock starts once the first batches (the DataLoader's prefetch, 2 per worker) have arrived.
+  state: the clock starts once each worker's first 4 batches (the DataLoader's prefetch of 2, and the shared batch
+  buffers the worker makes once) have arrived.
 
 Draft quality: PSNR of the final crop, draft against full decode, on the shared photos: the rule at work (random crops
 at 64 and 32 px, drafted at 1/2 and 1/4), and centre crops drafted down to 1x, 1.5x and 2x the output side, beside the
@@ -98,10 +100,18 @@ class Clock:
                 "main_cpu_ms_per_image": 1000 * main / images}  # fmt: skip
 
 
-def bare_loop(files: list[str], images: int, draft: bool) -> dict[str, float]:
-    """PIL open + decode + crop + resize in this process, over `images` crops of `files` in turn."""
-    from hf_vitvq.training.data import draft_reduction, sample_crop_box
+def bare_loop(files: list[str], images: int, draft: bool, to_float: bool = False) -> dict[str, float]:
+    """PIL open + decode + crop + resize in this process, over `images` crops of `files` in turn. `to_float`: also
+    normalise each crop into a float32 batch, as the workers do (`rgb_pixels`, `normalize_pixels`): the decode limit
+    for a pipeline whose output is normalised float tensors."""
+    import torch
 
+    from hf_vitvq.pixel_conversion import normalize_pixels
+    from hf_vitvq.training.data import draft_reduction, rgb_pixels, sample_crop_box
+
+    batch = torch.empty(BATCH_SIZE, 3, RESOLUTION, RESOLUTION) if to_float else None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker
     clock = Clock()
     for index in range(images):
         image = PIL.Image.open(files[index % len(files)])
@@ -111,16 +121,22 @@ def bare_loop(files: list[str], images: int, draft: bool) -> dict[str, float]:
             width = image.width
             scale = width / image.draft(image.mode, (width // reduction, image.height // reduction))[1][2]
         image.load()
-        image.resize((RESOLUTION, RESOLUTION), PIL.Image.Resampling.BICUBIC, box=tuple(e / scale for e in box))
-    return clock.stop(images)
+        crop = image.resize((RESOLUTION, RESOLUTION), PIL.Image.Resampling.BICUBIC, box=tuple(e / scale for e in box))
+        if batch is not None:
+            pixels = rgb_pixels(crop).permute(2, 0, 1)
+            normalize_pixels(pixels, (-1.0, 1.0), out=batch[index % BATCH_SIZE])
+    result = clock.stop(images)
+    torch.set_num_threads(threads)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------- the training stream
 
 
 def training_stream(files: list[str], images: int, num_workers: int, draft: bool) -> dict[str, float]:
-    """Steady state of `TrainingImageStream` batches, after the DataLoader's first `max(1, 2 * workers)`."""
-    from hf_vitvq.training.data import TrainingImageStream, file_stream
+    """Steady state of `TrainingImageStream` batches: after the first `PREFETCH_BATCHES + 2` of each worker, by which
+    the worker has made all its shared batch buffers (a training run makes them once, in its first seconds)."""
+    from hf_vitvq.training.data import PREFETCH_BATCHES, TrainingImageStream, file_stream
 
     # one shard per file, not interleaved: as `train.py --train_data_dir` reads a folder
     stream = TrainingImageStream(file_stream(files), "image", (-1.0, 1.0), RESOLUTION, seed=0, crop_scale=CROP_SCALE,
@@ -128,7 +144,7 @@ def training_stream(files: list[str], images: int, num_workers: int, draft: bool
     measured = -(-images // BATCH_SIZE)
     batches = stream.batches(BATCH_SIZE)
     try:
-        for _ in range(max(1, 2 * num_workers)):
+        for _ in range(max(1, (PREFETCH_BATCHES + 2) * num_workers)):
             next(batches)
         clock = Clock()
         for _ in range(measured):
@@ -142,6 +158,7 @@ def measure_set(name: str, files: list[str], images: int, repeats: int) -> dict:
     """Every configuration, `repeats` rounds: the best images/s and the least CPU time per image of each."""
     configurations = {f"bare loop, draft {'on' if draft else 'off'}": (bare_loop, (files, images, draft))
                       for draft in (False, True)}  # fmt: skip
+    configurations["bare loop + float32, draft off"] = (bare_loop, (files, images, False, True))
     for workers in (0, 1, 2):
         for draft in (False, True):
             configurations[f"{workers} workers, draft {'on' if draft else 'off'}"] = (
@@ -168,6 +185,8 @@ def ratios(row: dict) -> dict[str, float]:
     return {
         "1 worker / bare loop": rate["1 workers, draft off"] / rate["bare loop, draft off"],
         "1 worker / bare loop, draft": rate["1 workers, draft on"] / rate["bare loop, draft on"],
+        "bare loop + float32 / bare loop": rate["bare loop + float32, draft off"] / rate["bare loop, draft off"],
+        "1 worker / bare loop + float32": rate["1 workers, draft off"] / rate["bare loop + float32, draft off"],
         "2 / 1 workers": rate["2 workers, draft off"] / rate["1 workers, draft off"],
         "2 / 1 workers, draft": rate["2 workers, draft on"] / rate["1 workers, draft on"],
         "draft / full decode, 1 worker": rate["1 workers, draft on"] / rate["1 workers, draft off"],
@@ -295,12 +314,12 @@ def measure_end_to_end(photos_dir: Path, large_dir: Path | None, steps: int, rep
 
 
 def print_tables(sets: list[dict], quality: list[dict], end_to_end: list[dict]) -> None:
-    columns = ["bare loop, draft off", "bare loop, draft on"] + [
+    columns = ["bare loop, draft off", "bare loop, draft on", "bare loop + float32, draft off"] + [
         f"{workers} workers, draft {draft}" for draft in ("off", "on") for workers in (0, 1, 2)
     ]
-    header = ("| images | | bare loop | bare loop, draft | 0 workers | 1 worker | 2 workers | 0 workers, draft "
-              "| 1 worker, draft | 2 workers, draft |")  # fmt: skip
-    print(f"\n{header}\n|---|---|---|---|---|---|---|---|---|---|")
+    header = ("| images | | bare loop | bare loop, draft | bare loop + float32 | 0 workers | 1 worker | 2 workers "
+              "| 0 workers, draft | 1 worker, draft | 2 workers, draft |")  # fmt: skip
+    print(f"\n{header}\n|---|---|---|---|---|---|---|---|---|---|---|")
     for row in sets:
         measures = (("images/s", "rates", 1), ("CPU ms / image", "cpu_ms", 2),
                     ("of which the training process", "main_cpu_ms", 2))  # fmt: skip
