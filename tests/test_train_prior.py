@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import shutil
 from pathlib import Path
@@ -142,9 +143,10 @@ def test_maskgit_crash_and_resume_gives_the_uninterrupted_run(tmp_path):
     assert (prior.config.codebook_size, prior.config.num_latent_tokens) == (37, 7)
 
 
-def test_ar_training_resumed_in_process_equals_the_uninterrupted_run(tmp_path):
+def test_ar_training_resumed_in_process_equals_the_uninterrupted_run(tmp_path, caplog):
     """The stock Llama prior with label dropout: a run of 8 steps, and a copy resumed from its checkpoint-4, give the
-    same losses for steps 5-8 and the same final weights; its validation loss falls below the uniform baseline."""
+    same losses for steps 5-8 and the same final weights (the copy's log lines of steps 5-8 are dropped first, and
+    said so). A checkpoint that does not load is named in a `CheckpointError`, as for the tokenizer."""
     data = write_token_shards(tmp_path / "tokens", num_train=96)
     reference_dir = tmp_path / "reference"
     common = [*QUICK_AR, "--train_data_dir", str(data), "--max_train_steps", "8", "--checkpointing_steps", "4",
@@ -154,7 +156,9 @@ def test_ar_training_resumed_in_process_equals_the_uninterrupted_run(tmp_path):
     shutil.copytree(reference_dir, resumed_dir)
     for name in ("checkpoint-8", "final"):
         shutil.rmtree(resumed_dir / name)
-    run_in_process([*common, "--output_dir", str(resumed_dir), "--resume_from_checkpoint", "latest"])
+    with caplog.at_level(logging.INFO):
+        run_in_process([*common, "--output_dir", str(resumed_dir), "--resume_from_checkpoint", "latest"])
+    assert f"Dropped 4 lines of later steps from {resumed_dir / 'train_log.jsonl'}" in caplog.text
     expected, actual = losses(reference_dir), losses(resumed_dir)
     assert list(actual) == list(range(1, 9)) and [actual[s] for s in range(5, 9)] == [expected[s] for s in range(5, 9)]
     assert same_weights(reference_dir / "final", resumed_dir / "final")
@@ -166,6 +170,12 @@ def test_ar_training_resumed_in_process_equals_the_uninterrupted_run(tmp_path):
     card = (resumed_dir / "final" / "README.md").read_text()
     assert "An autoregressive (LlamaForCausalLM) prior over the 7 token ids (37 codes)" in card
     assert "bits_per_token" in card
+    checkpoint = reference_dir / "checkpoint-4"  # as written by older code (no manifest), then truncated
+    (checkpoint / checkpointing.MANIFEST_NAME).unlink()
+    weights = checkpoint / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(checkpointing.CheckpointError, match=f"Could not load checkpoint {checkpoint}"):
+        run_in_process([*common, "--output_dir", str(reference_dir), "--resume_from_checkpoint", str(checkpoint)])
 
 
 def test_unconditional_tokens_with_a_tokenizer_write_sample_grids(tmp_path):

@@ -42,7 +42,6 @@ from hf_vitvq.training.model_card import describe_loss, write_model_card
 from hf_vitvq.training.trainer_utils import (
     LPIPSUnavailableError,
     NonFiniteLossError,
-    TrainingProgress,
     TrainingRun,
     build_config,
     build_discriminator,
@@ -111,8 +110,7 @@ class Trainer(TrainingRun):
         optimization = prepare_optimization(self.accelerator, model, args)
         self.model, self.optimizer = optimization.model, optimization.optimizer
         self.lr_scheduler, self.ema = optimization.lr_scheduler, optimization.ema
-        self.progress = TrainingProgress()
-        self.accelerator.register_for_checkpointing(self.lr_scheduler, self.progress)
+        self.progress = optimization.progress
         self.loss_fn = TokenizerLoss(
             loss_weights(args), self.config.pixel_value_range, lpips, convnext, gan_weight_mode=args.gan_weight_mode
         )
@@ -202,22 +200,38 @@ class Trainer(TrainingRun):
 
     # ------------------------------------------------------------------------------------------ checkpoints
 
-    def save_checkpoint(self) -> Path:
-        """Write `checkpoint-STEP` (see `checkpointing.save_checkpoint`) with each process's data-stream position."""
-        accelerator = self.accelerator
+    def stream_state_file(self, folder: Path) -> Path:
+        """This process's data-stream position in checkpoint `folder`."""
+        return folder / f"data_state_rank{self.accelerator.process_index}.json"
 
-        def write_stream_state(folder: Path) -> None:
-            state = {**self.stream_state_at_step, "world_size": accelerator.num_processes}
-            (folder / f"data_state_rank{accelerator.process_index}.json").write_text(json.dumps(state))
+    def write_process_files(self, folder: Path) -> None:
+        """This process's data-stream position at the checkpoint's step, and the number of processes."""
+        state = {**self.stream_state_at_step, "world_size": self.accelerator.num_processes}
+        self.stream_state_file(folder).write_text(json.dumps(state))
 
-        return checkpointing.save_checkpoint(
-            accelerator,
-            self.output_dir,
-            self.progress.global_step,
-            keep=self.args.checkpoints_total_limit,
-            uploads=self.checkpoint_pusher,
-            write_process_files=write_stream_state,
-        )
+    def written_stream_state(self, path: Path) -> dict[str, Any]:
+        """The data-stream position that checkpoint `path` holds for this process (without its `world_size`), after
+        checking that the checkpoint was written by as many processes as this run has."""
+        stream_file = self.stream_state_file(path)
+        stream_state = json.loads(stream_file.read_text()) if stream_file.is_file() else {}
+        num_processes = self.accelerator.num_processes
+        written_by = stream_state.pop("world_size", num_processes if stream_state else None)
+        if written_by != num_processes:
+            raise ValueError(
+                f"{path} was written by {written_by or 'fewer'} process(es), this run has {num_processes}: each "
+                "process resumes its own part of the data stream, so resume with the number that wrote it."
+            )
+        return stream_state
+
+    def check_checkpoint(self, path: Path) -> None:
+        """Refuse a checkpoint written by another number of processes (`written_stream_state`)."""
+        self.written_stream_state(path)
+
+    def restore_process_files(self, path: Path) -> None:
+        """Put the data stream where the checkpoint's step left it."""
+        self.stream.load_state_dict(self.written_stream_state(path))
+        self.stream_state_at_step = self.stream.state_dict()
+        self.forward_state_at_step = self.forward_state()
 
     def load_accelerator_state(self, path: Path) -> None:
         """`accelerator.load_state(path)`; a checkpoint written without the discriminator (pixel-only training, or an
@@ -257,38 +271,6 @@ class Trainer(TrainingRun):
         finally:
             for objects, before in zip(registered, saved, strict=True):
                 objects[:] = before
-
-    def resume(self) -> None:
-        """Load `--resume_from_checkpoint` (a path, or `latest` in `output_dir`: see
-        `checkpointing.choose_resume_checkpoint`), and drop the entries of `train_log.jsonl` after its step."""
-        requested = self.args.resume_from_checkpoint
-        if requested is None:
-            return
-        path = checkpointing.resolve_resume_checkpoint(self.accelerator, self.output_dir, requested)
-        if path is None:
-            logger.info(f"No checkpoint in {self.output_dir}: starting from scratch.")
-            return
-        num_processes = self.accelerator.num_processes
-        stream_file = path / f"data_state_rank{self.accelerator.process_index}.json"
-        stream_state = json.loads(stream_file.read_text()) if stream_file.is_file() else {}
-        written_by = stream_state.pop("world_size", num_processes if stream_state else None)
-        if written_by != num_processes:
-            raise ValueError(
-                f"{path} was written by {written_by or 'fewer'} process(es), this run has {num_processes}: each "
-                "process resumes its own part of the data stream, so resume with the number that wrote it."
-            )
-        try:
-            self.load_accelerator_state(path)
-        except Exception as error:  # e.g. a truncated file in a checkpoint without a manifest
-            raise checkpointing.CheckpointError(f"Could not load checkpoint {path}: {error}") from error
-        self.stream.load_state_dict(stream_state)
-        self.stream_state_at_step = self.stream.state_dict()
-        self.forward_state_at_step = self.forward_state()
-        step, log_path = self.progress.global_step, self.output_dir / "train_log.jsonl"
-        if self.accelerator.is_main_process and (dropped := checkpointing.drop_log_entries_after(log_path, step)):
-            logger.info(f"Dropped {dropped} lines of later steps from {log_path}")
-        self.accelerator.wait_for_everyone()
-        logger.info(f"Resumed from {path} at step {step}")
 
     # ------------------------------------------------------------------------------------------ steps
 

@@ -36,7 +36,6 @@ from hf_vitvq import ViTVQConfig, ViTVQImageProcessor, ViTVQMaskGITConfig, ViTVQ
 from hf_vitvq.ar_prior import ARPriorVocabulary, ar_prior_config, set_generation_defaults
 from hf_vitvq.configuration_vitvq_maskgit import prior_sequence_shape
 from hf_vitvq.generation_pipeline import ViTVQGenerationPipeline, image_grid, load_prior
-from hf_vitvq.training import checkpointing
 from hf_vitvq.training.arguments import default_warmup_steps, parse_config_and_flags
 from hf_vitvq.training.hub import CheckpointPusher
 from hf_vitvq.training.prior_data import SequenceBatches, TokenData, load_token_data, pretokenize_info
@@ -48,7 +47,6 @@ from hf_vitvq.training.prior_evaluation import (
 )
 from hf_vitvq.training.trainer_utils import (
     NonFiniteLossError,
-    TrainingProgress,
     TrainingRun,
     end_training,
     prepare_optimization,
@@ -305,7 +303,7 @@ class PriorTrainer(TrainingRun):
         optimization = prepare_optimization(self.accelerator, model, args)
         self.model, self.optimizer = optimization.model, optimization.optimizer
         self.lr_scheduler, self.ema = optimization.lr_scheduler, optimization.ema
-        self.progress = TrainingProgress()
+        self.progress = optimization.progress
         self.batches = SequenceBatches(
             len(self.data.train),
             args.train_batch_size,
@@ -313,41 +311,12 @@ class PriorTrainer(TrainingRun):
             rank=self.accelerator.process_index,
             world_size=self.accelerator.num_processes,
         )
-        self.accelerator.register_for_checkpointing(self.lr_scheduler, self.progress, self.batches)
+        self.accelerator.register_for_checkpointing(self.batches)
         self.pipeline_parts = None
         if model_args.tokenizer is not None and self.accelerator.is_main_process:
             tokenizer = ViTVQModel.from_pretrained(model_args.tokenizer).to(self.accelerator.device).eval()
             self.pipeline_parts = (tokenizer, ViTVQImageProcessor.from_pretrained(model_args.tokenizer))
         self.checkpoint_pusher = CheckpointPusher.for_run(args, self.accelerator.is_main_process)
-
-    # ------------------------------------------------------------------------------------------ checkpoints
-
-    def save_checkpoint(self) -> Path:
-        """Write `checkpoint-STEP` (see `checkpointing.save_checkpoint`)."""
-        return checkpointing.save_checkpoint(
-            self.accelerator,
-            self.output_dir,
-            self.progress.global_step,
-            keep=self.args.checkpoints_total_limit,
-            uploads=self.checkpoint_pusher,
-        )
-
-    def resume(self) -> None:
-        """Load `--resume_from_checkpoint` (see `checkpointing.choose_resume_checkpoint`) and drop the log entries
-        after its step."""
-        requested = self.args.resume_from_checkpoint
-        if requested is None:
-            return
-        path = checkpointing.resolve_resume_checkpoint(self.accelerator, self.output_dir, requested)
-        if path is None:
-            logger.info(f"No checkpoint in {self.output_dir}: starting from scratch.")
-            return
-        self.accelerator.load_state(str(path))
-        step, log_path = self.progress.global_step, self.output_dir / "train_log.jsonl"
-        if self.accelerator.is_main_process:
-            checkpointing.drop_log_entries_after(log_path, step)
-        self.accelerator.wait_for_everyone()
-        logger.info(f"Resumed from {path} at step {step}")
 
     # ------------------------------------------------------------------------------------------ steps
 

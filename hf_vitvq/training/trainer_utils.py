@@ -25,6 +25,7 @@ from transformers import get_scheduler
 from hf_vitvq import ViTVQConfig, ViTVQModel
 from hf_vitvq.configuration_vitvq import looks_like_local_path
 
+from . import checkpointing
 from .arguments import CODEBOOK_RECIPES, ModelArguments, TokenizerTrainingArguments
 from .discriminator import PatchDiscriminator
 from .hub import CheckpointPusher, push_folder
@@ -95,12 +96,14 @@ def training_accelerator(args: OptimizationArguments) -> Accelerator:
 
 @dataclass
 class Optimization:
-    """What `prepare_optimization` returns: the prepared model and optimizer, the scheduler, the weight EMA."""
+    """What `prepare_optimization` returns: the prepared model and optimizer, the scheduler, the weight EMA and the
+    step counters."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
     ema: AveragedModel | None
+    progress: TrainingProgress
 
 
 def scheduled_adamw(
@@ -122,22 +125,27 @@ def scheduled_adamw(
 
 def prepare_optimization(accelerator: Accelerator, model: nn.Module, args: OptimizationArguments) -> Optimization:
     """`scheduled_adamw` over the run's steps at `--learning_rate`, model and optimizer prepared by
-    `accelerator`, and with `--use_ema` an EMA of the weights registered for checkpointing. The scheduler is not
-    prepared: it is stepped once per optimizer step on every process, whatever their number; the caller registers
-    it for checkpointing (after the EMA, the order checkpoints hold them in)."""
+    `accelerator`, with `--use_ema` an EMA of the weights, and new step counters. The scheduler is not prepared: it
+    is stepped once per optimizer step on every process, whatever their number. The EMA, the scheduler and the
+    counters are registered for checkpointing, in that order (the order checkpoints hold them in: a trainer
+    registers its own objects after them)."""
     optimizer, lr_scheduler = scheduled_adamw(model, args, args.learning_rate, args.max_train_steps)
     prepared_model, prepared_optimizer = accelerator.prepare(model, optimizer)
     ema = None
     if args.use_ema:
         ema = AveragedModel(model, multi_avg_fn=ema_of_floats(args.ema_decay), use_buffers=True)
         accelerator.register_for_checkpointing(ema)
-    return Optimization(prepared_model, prepared_optimizer, lr_scheduler, ema)
+    progress = TrainingProgress()
+    accelerator.register_for_checkpointing(lr_scheduler, progress)
+    return Optimization(prepared_model, prepared_optimizer, lr_scheduler, ema, progress)
 
 
 class TrainingRun:
     """What the training scripts' trainers (`Trainer` in train.py, `PriorTrainer` in train_prior.py) share: the
     subclass's `__init__` sets the attributes below (see `training_accelerator`, `prepare_optimization`,
-    `CheckpointPusher.for_run`); these methods end an optimizer step, choose the weights to export and push them."""
+    `CheckpointPusher.for_run`); these methods write and resume checkpoints, end an optimizer step, choose the weights
+    to export and push them. A trainer with state of its own per process extends the checkpoint hooks
+    (`write_process_files`, `check_checkpoint`, `load_accelerator_state`, `restore_process_files`)."""
 
     accelerator: Accelerator
     args: Any  # the script's training arguments: `push_to_hub`, `hub_model_id`, `hub_token`, ...
@@ -147,6 +155,59 @@ class TrainingRun:
     ema: AveragedModel | None
     progress: TrainingProgress
     checkpoint_pusher: CheckpointPusher | None
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> Path:
+        """Write `checkpoint-STEP` (see `checkpointing.save_checkpoint`), with each process's `write_process_files`."""
+        return checkpointing.save_checkpoint(
+            self.accelerator,
+            self.output_dir,
+            self.progress.global_step,
+            keep=self.args.checkpoints_total_limit,
+            uploads=self.checkpoint_pusher,
+            write_process_files=self.write_process_files,
+        )
+
+    def write_process_files(self, folder: Path) -> None:
+        """Write this process's own files into checkpoint `folder` (none by default)."""
+
+    def resume(self) -> None:
+        """Load `--resume_from_checkpoint` (a path, or `latest` in `output_dir`: see
+        `checkpointing.choose_resume_checkpoint`), and drop the entries of `train_log.jsonl` after its step. A load
+        that fails raises `CheckpointError` naming the checkpoint."""
+        requested = self.args.resume_from_checkpoint
+        if requested is None:
+            return
+        path = checkpointing.resolve_resume_checkpoint(self.accelerator, self.output_dir, requested)
+        if path is None:
+            logger.info(f"No checkpoint in {self.output_dir}: starting from scratch.")
+            return
+        self.check_checkpoint(path)
+        try:
+            self.load_accelerator_state(path)
+        except Exception as error:  # e.g. a truncated file in a checkpoint without a manifest
+            raise checkpointing.CheckpointError(f"Could not load checkpoint {path}: {error}") from error
+        self.restore_process_files(path)
+        step, log_path = self.progress.global_step, self.output_dir / "train_log.jsonl"
+        if self.accelerator.is_main_process and (dropped := checkpointing.drop_log_entries_after(log_path, step)):
+            logger.info(f"Dropped {dropped} lines of later steps from {log_path}")
+        self.accelerator.wait_for_everyone()
+        logger.info(f"Resumed from {path} at step {step}")
+
+    def check_checkpoint(self, path: Path) -> None:
+        """Raise if checkpoint `path` cannot be resumed by this run, before anything is loaded (nothing to check by
+        default)."""
+
+    def load_accelerator_state(self, path: Path) -> None:
+        """`accelerator.load_state(path)`: the model, optimizer and registered objects."""
+        self.accelerator.load_state(str(path))
+
+    def restore_process_files(self, path: Path) -> None:
+        """Restore what `write_process_files` wrote into checkpoint `path`, once its state is loaded (nothing by
+        default)."""
+
+    # ------------------------------------------------------------------------------------------ steps and export
 
     def evaluation_model(self) -> nn.Module:
         """The weights to evaluate and export: the EMA when enabled, else the raw model."""
