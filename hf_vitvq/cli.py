@@ -603,9 +603,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     metrics.add_argument(
         "--lpips_trunk", help="torchvision's vgg16-397923af.pth for LPIPS (default: the torch hub cache or a download)."
     )
-    metrics.add_argument(
-        "--mixed_precision", default="no", choices=("no", "fp16", "bf16"), help="Autocast of the tokenizer."
-    )
+    add_mixed_precision_argument(metrics)
     add_num_tokens_argument(metrics, "Reconstruct from")
     metrics.add_argument(
         "--num_tokens_sweep",

@@ -9,6 +9,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,7 +21,8 @@ from hf_vitvq.cli import add_eval_arguments, check_eval_args
 from hf_vitvq.metrics import codebook_usage
 from hf_vitvq.pixel_conversion import to_uint8
 from hf_vitvq.quantizer_base import code_perplexity
-from hf_vitvq.training.evaluate_tokenizer import eval_command, resolve_model_path
+from hf_vitvq.training import image_shards
+from hf_vitvq.training.evaluate_tokenizer import eval_command, evaluate_model, resolve_model_path
 from hf_vitvq.training.evaluation import evaluate_reconstruction
 from hf_vitvq.training.fid import InceptionFeatures, ReconstructionFID
 
@@ -169,6 +171,17 @@ def test_a_training_output_folder_is_evaluated_through_its_final_model(tmp_path)
 def test_bad_flags_say_what_to_pass(argv, message):
     with pytest.raises(ValueError, match=message):
         check_eval_args(parse(["model", *argv]))
+
+
+def test_mixed_precision_is_refused_where_encode_refuses_it(monkeypatch):
+    """As `hf-vitvq encode` and `pretokenize` (`inference_dtype`): fp16 needs CUDA, bf16 a device with native bf16
+    (emulated bf16 ran 50-100x slower); refused before the model is looked up."""
+    accelerator = SimpleNamespace(device=torch.device("cpu"))  # all that is read before the refusal
+    with pytest.raises(ValueError, match="--mixed_precision fp16 needs a CUDA GPU, not cpu"):
+        evaluate_model(parse(["missing-model", "--mixed_precision", "fp16"]), accelerator)
+    monkeypatch.setattr(image_shards, "has_native_bf16", lambda device: False)
+    with pytest.raises(ValueError, match="--mixed_precision bf16 needs a CUDA GPU with bf16 or a CPU with native bf16"):
+        evaluate_model(parse(["missing-model", "--mixed_precision", "bf16"]), accelerator)
 
 
 @pytest.fixture(scope="module")

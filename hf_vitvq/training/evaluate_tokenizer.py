@@ -83,6 +83,7 @@ from .image_shards import (
     cpu_threads,
     dataset_shards,
     file_shards,
+    inference_dtype,
     inference_loader,
     load_image_dataset,
     load_tokenizer,
@@ -426,6 +427,7 @@ def evaluate_model(args: argparse.Namespace, accelerator: Accelerator) -> dict[s
     """Evaluate `args.model` on the data of `args` on every process of `accelerator`; returns the contents of
     `eval_results.json` (complete on the main process)."""
     check_eval_args(args)
+    inference_dtype(args.mixed_precision, accelerator.device)  # refuses bf16 where it is emulated, fp16 off CUDA
     model_path = resolve_model_path(args.model)
     model, processor = load_tokenizer(model_path, accelerator.device)
     check_processor_crop(model, processor, model_path)
