@@ -98,7 +98,7 @@ def test_batches_are_the_seeded_crops_normalised(tmp_path, num_workers):
     assert [name for batch in batches for name in batch.names] == [path.name for path in files]
 
 
-def test_rgb_pixels_views_the_image_memory_where_pillow_exports_it_and_copies_otherwise():
+def test_rgb_pixels_views_the_image_memory_where_pillow_exports_it_and_copies_otherwise(monkeypatch):
     small = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8))
     pixels = rgb_pixels(small)
     assert pixels.dtype == torch.uint8 and torch.equal(pixels, torch.from_numpy(np.array(small)))
@@ -110,6 +110,10 @@ def test_rgb_pixels_views_the_image_memory_where_pillow_exports_it_and_copies_ot
     pixels = rgb_pixels(large)
     assert pixels.shape == (1100, 4096, 3) and pixels.is_contiguous()
     assert pixels[0, 0].tolist() == [10, 20, 30] and pixels[-1, -1].tolist() == [1, 2, 3]
+    # a Pillow without the Arrow export (before 11.2): copied
+    monkeypatch.delattr(PIL.Image.Image, "__arrow_c_array__", raising=False)
+    pixels = rgb_pixels(small)
+    assert pixels.is_contiguous() and torch.equal(pixels, torch.from_numpy(np.array(small)))
 
 
 # ---------------------------------------------------------------------------------------------- worker memory
