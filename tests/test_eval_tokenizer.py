@@ -5,6 +5,7 @@ of examples (no image dropped or counted twice); `--max_samples`; model folders 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import shutil
@@ -18,13 +19,14 @@ from PIL import Image
 
 from hf_vitvq import ViTVQConfig, ViTVQImageProcessor, ViTVQModel
 from hf_vitvq.cli import add_eval_arguments, check_eval_args
-from hf_vitvq.metrics import codebook_usage
+from hf_vitvq.metrics import codebook_usage, psnr
 from hf_vitvq.pixel_conversion import to_uint8
 from hf_vitvq.quantizer_base import code_perplexity
 from hf_vitvq.training import image_shards
-from hf_vitvq.training.evaluate_tokenizer import eval_command, evaluate_model, resolve_model_path
+from hf_vitvq.training.evaluate_tokenizer import batch_measurements, eval_command, evaluate_model, resolve_model_path
 from hf_vitvq.training.evaluation import evaluate_reconstruction
 from hf_vitvq.training.fid import InceptionFeatures, ReconstructionFID
+from hf_vitvq.training.image_shards import pixel_value_table
 
 # 4 photos and 1 undecodable file: 5 examples, an odd count; in shards of 2 files (batches of 2) on 2 processes,
 # process 0 reads shards 0 and 2 (2 photos and the undecodable file), process 1 shard 1 (2 photos).
@@ -223,6 +225,27 @@ def test_rfid_psnr_and_ssim_per_number_of_tokens(eval_setup, tail_model_dir):
     assert "| k tokens | bits per image | PSNR (dB) | SSIM | rFID (lower is better) |" in table
     row = f"| 4 | 21 | {by_num_tokens['4']['psnr']:.2f} | {by_num_tokens['4']['ssim']:.4f} |"  # 4 log2(37) = 20.8 bits
     assert row in table
+
+
+def test_a_batch_is_encoded_once_and_each_number_of_tokens_decoded_once(eval_setup, tail_model_dir):
+    """The decoder runs once per k (the longest prefix in the model's forward pass), never on all tokens unasked."""
+    model, pixel_values = reference_images(eval_setup, tail_model_dir)
+    processor = ViTVQImageProcessor.from_pretrained(tail_model_dir)
+    originals = to_uint8(pixel_values, model.config.pixel_value_range)
+    decoded_lengths = []
+    model.decoder.register_forward_hook(lambda module, inputs, output: decoded_lengths.append(inputs[0].shape[1]))
+    accelerator = SimpleNamespace(autocast=contextlib.nullcontext)
+    table = pixel_value_table(processor)
+    with torch.no_grad():
+        alone = batch_measurements(model, originals, accelerator, None, None, table, [5])
+        assert decoded_lengths == [5]
+        swept = batch_measurements(model, originals, accelerator, None, None, table, [5, 4, 7])
+    assert decoded_lengths == [5, 7, 5, 4]
+    assert torch.equal(alone["psnr@5"], swept["psnr@5"]) and torch.equal(alone["token_ids"], swept["token_ids"])
+    expected = model(pixel_values, num_tokens=4).reconstruction
+    assert torch.equal(
+        swept["psnr@4"], psnr(to_uint8(expected, model.config.pixel_value_range).float() / 255, originals.float() / 255)
+    )
 
 
 def test_num_tokens_measures_everything_from_the_first_k_tokens(eval_setup, tail_model_dir):

@@ -191,18 +191,17 @@ def batch_measurements(
     reconstruction only: `lpips` (B,) with an LPIPS network and `token_ids` (B, k) or (B, k, Q) for discrete tokens.
     `real_features` (B, 2048) float64 of the originals with an Inception network. The originals become pixel values
     through `table` ([`pixel_value_table`]: what the processor gives). Every reconstruction is rounded to
-    uint8 first. The images are encoded once; each k decodes the first k quantized latents, as `model(...,
-    num_tokens=k)` does."""
+    uint8 first. The images are encoded once and each k decoded once, from the first k quantized latents, as
+    `model(..., num_tokens=k)` does."""
     config = model.config
     pixel_values = to_pixel_values(originals, table).to(model.dtype)
-    main = num_tokens[0]
+    main, longest = num_tokens[0], max(num_tokens)
     with accelerator.autocast():
-        output = model(pixel_values)
+        output = model(pixel_values, num_tokens=longest)  # the latents of the longest prefix, and its decoding
         decoded = {
-            k: output.reconstruction if k == config.num_latent_tokens
-            else model.decode_latents(output.quantized_latents[:, :k])
+            k: output.reconstruction if k == longest else model.decode_latents(output.quantized_latents[:, :k])
             for k in num_tokens
-        }  # fmt: skip
+        }
     original_unit = originals.float() / 255  # (B, 3, R, R) uint8 -> [0, 1]
     measurements = {}
     for k, reconstruction in decoded.items():
